@@ -1,0 +1,201 @@
+"""The one typed training config: data / model / optim / run, from a YAML recipe + overrides.
+
+Every field has its default here and nowhere else. `load_config(recipe, ["optim.lr=0.1"])`
+rejects unknown keys and bad values with a message that names the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipelines.errors import UserError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""  # dataset directory written by `alexnet ingest`
+    crop: int = 224  # px, side of the square network input
+    resize: int = 256  # px, val: shorter side before the centre crop
+    pca_lighting: float = 0.1  # std of the paper's PCA lighting coefficients; 0 disables
+    flip: bool = True  # random horizontal flips in training
+    shuffle_buffer: int = 1024  # rows in each worker's local shuffle buffer (on top of file shuffle)
+    seed: int = 0  # seeds augmentation, shuffling and init; same seed -> same run
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "torchvision"  # a name in alexnet.ARCHITECTURES
+    dropout: float = 0.5  # probability, in the fully connected layers
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.01  # learning rate per 128 images of global batch (scaled linearly)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128  # images per step, all workers together
+    epochs: int = 90
+    schedule: str = "plateau"  # plateau (paper: /10 when val stalls) | step | cosine | constant
+    warmup_epochs: int = 0  # linear warm-up from lr/10, in epochs
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    num_workers: int = 1  # Ray Train workers (one per GPU on GPU clusters)
+    use_gpu: str = "auto"  # auto (GPUs if the cluster has any) | true | false
+    cpus_per_worker: float = 0.0  # CPUs each train worker reserves; 0 = sized so Ray Data keeps CPUs
+    max_failures: int = 0  # worker-group restarts from the last checkpoint before the run fails
+    keep_checkpoints: int = 2  # best K by val top-1 are kept (plus the latest)
+    amp: bool = True  # bf16 autocast on GPU (no effect on CPU)
+    channels_last: bool = True  # NHWC memory format on GPU
+    compile: bool = False  # torch.compile the model
+    register_as: str = "alexnet"  # MLflow registered model name; "" skips registration
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "optim.optimizer": ("sgd", "adamw"),
+    "optim.schedule": ("plateau", "step", "cosine", "constant"),
+    "run.use_gpu": ("auto", "true", "false"),
+}
+
+
+def _coerce(key: str, value, typ):
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes", "on"):
+            return True
+        if str(value).lower() in ("false", "0", "no", "off"):
+            return False
+        raise UserError(f"{key}={value!r}: expected true or false")
+    try:
+        if typ is float and isinstance(value, str):
+            return float(value)
+        if typ is int and isinstance(value, (str, float)) and float(value) == int(float(value)):
+            return int(float(value))
+        if typ is str:
+            return str(value).lower() if key in CHOICES else str(value)
+        return typ(value) if not isinstance(value, typ) else value
+    except (TypeError, ValueError):
+        raise UserError(f"{key}={value!r}: expected {typ.__name__}") from None
+
+
+def from_dict(raw: dict, source: str = "config") -> Config:
+    """Nested dict -> Config; unknown groups or keys are errors naming the valid ones."""
+    groups = {}
+    hints = typing.get_type_hints(Config)
+    for group, values in (raw or {}).items():
+        if group not in hints:
+            raise UserError(f"{source}: unknown section {group!r}; valid: {', '.join(hints)}")
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section {group!r} must be a mapping")
+        cls = hints[group]
+        fields = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise UserError(f"{source}: unknown key {group}.{key}; valid: {', '.join(fields)}")
+            kwargs[key] = _coerce(f"{group}.{key}", value, fields[key])
+        groups[group] = cls(**kwargs)
+    cfg = Config(**groups)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    for key, allowed in CHOICES.items():
+        group, name = key.split(".")
+        value = getattr(getattr(cfg, group), name)
+        if value not in allowed:
+            raise UserError(f"{key}={value!r}: supported values are {', '.join(allowed)}")
+    checks = [
+        (cfg.run.num_workers >= 1, f"run.num_workers={cfg.run.num_workers}: needs at least 1 worker"),
+        (cfg.optim.batch_size >= 1, f"optim.batch_size={cfg.optim.batch_size}: must be positive"),
+        (cfg.optim.batch_size % cfg.run.num_workers == 0,
+         f"optim.batch_size={cfg.optim.batch_size} is not divisible by run.num_workers={cfg.run.num_workers}"),
+        (cfg.optim.epochs >= 1, f"optim.epochs={cfg.optim.epochs}: must be at least 1"),
+        (cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}: must be positive"),
+        (0 <= cfg.model.dropout < 1, f"model.dropout={cfg.model.dropout}: expected 0 <= p < 1"),
+        (cfg.data.crop >= 32, f"data.crop={cfg.data.crop}: expected at least 32 px"),
+        (cfg.data.resize >= cfg.data.crop, f"data.resize={cfg.data.resize} is smaller than data.crop={cfg.data.crop}"),
+        (cfg.run.cpus_per_worker >= 0, f"run.cpus_per_worker={cfg.run.cpus_per_worker}: must be >= 0"),
+        (cfg.run.max_failures >= 0, f"run.max_failures={cfg.run.max_failures}: must be >= 0"),
+        (cfg.run.keep_checkpoints >= 1, f"run.keep_checkpoints={cfg.run.keep_checkpoints}: must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A shipped recipe name (`smoke`, `paper`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"recipe {path} does not exist")
+        return path
+    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        raise UserError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(names)} (or a path to a .yaml file)")
+    return shipped
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    nested: dict = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key.count(".") != 1:
+            raise UserError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.02")
+        group, name = key.split(".")
+        nested.setdefault(group, {})[name] = yaml.safe_load(value) if value else value
+    return nested
+
+
+def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
+    raw: dict = {}
+    source = "defaults"
+    if recipe:
+        path = recipe_path(recipe)
+        source = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: expected a mapping of sections (data, model, optim, run)")
+    for group, values in parse_overrides(list(overrides)).items():
+        raw.setdefault(group, {})
+        if not isinstance(raw[group], dict):
+            raise UserError(f"{source}: section {group!r} must be a mapping")
+        raw[group].update(values)
+    return from_dict(raw, source)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def flatten(cfg: Config) -> dict[str, object]:
+    """{"optim.lr": 0.01, ...}: MLflow params and the printed config use these keys."""
+    return {f"{g}.{k}": v for g, values in cfg.to_dict().items() for k, v in values.items()}

@@ -1,0 +1,162 @@
+"""Driver side of a training run: check inputs, size the workers, run TorchTrainer, export.
+
+`fit` is called with Ray already initialised (locally by `alexnet demo`, or on a cluster as a
+job). Everything a user can get wrong is checked before any Ray resource is requested.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from alexnet import ARCHITECTURES, build_model, checkpoint
+from alexnet.config import Config
+from pipelines.dataset import DatasetInfo, open_dataset
+from pipelines.errors import UserError
+from pipelines.loader import train_dataset, val_dataset
+
+# Share of a CPU-only cluster's CPUs left to Ray Data when cpus_per_worker is 0 (auto).
+DATA_CPU_SHARE = 0.5
+
+
+class TrainingError(RuntimeError):
+    """The run itself failed (not the input): e.g. the loss diverged."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    use_gpu: bool
+    cpus_per_worker: float
+    threads_per_worker: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_name: str
+    val_top1: float
+    epochs: int
+    best_checkpoint: str
+    latest_checkpoint: str
+    storage: str
+
+
+def plan_placement(cfg: Config, cluster: dict) -> Placement:
+    """Decide GPU use and each worker's CPU reservation from the cluster's resources.
+
+    Two workers asking 1 CPU each on a 2-CPU machine leave Ray Data nothing and `fit()` hangs,
+    so on CPU-only clusters the workers together reserve at most half the CPUs."""
+    gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 0)
+    n = cfg.run.num_workers
+    use_gpu = {"auto": gpus > 0, "true": True, "false": False}[cfg.run.use_gpu]
+    if use_gpu and gpus < n:
+        raise UserError(f"run.num_workers={n} with GPUs needs {n} GPUs; the cluster has {gpus:g}")
+    if cfg.run.cpus_per_worker > 0:
+        cpu = cfg.run.cpus_per_worker
+    elif use_gpu:
+        cpu = 1.0
+    else:
+        cpu = max(0.01, round(cpus * (1 - DATA_CPU_SHARE) / n, 2))
+    if cpu * n >= cpus and not use_gpu:
+        raise UserError(
+            f"run.num_workers={n} x run.cpus_per_worker={cpu:g} CPUs leaves no CPU for Ray Data on a "
+            f"{cpus:g}-CPU cluster; lower run.cpus_per_worker (0 = automatic)")
+    return Placement(use_gpu, cpu, max(1, math.floor(cpu)))
+
+
+def check_inputs(cfg: Config) -> DatasetInfo:
+    """Everything that does not need Ray: architecture, dataset, batch/worker arithmetic."""
+    if cfg.model.arch not in ARCHITECTURES:
+        raise UserError(f"model.arch={cfg.model.arch!r}: supported architectures are {', '.join(ARCHITECTURES)}")
+    if not cfg.data.path:
+        raise UserError("data.path is not set: pass --data DATASET_DIR (a directory written by `alexnet ingest`)")
+    info = open_dataset(cfg.data.path)
+    if info.split_size("val") == 0:
+        raise UserError(f"{info.path}: the val split is empty; re-ingest with --val-fraction > 0")
+    per_worker = cfg.optim.batch_size // cfg.run.num_workers
+    if info.split_size("train") < cfg.optim.batch_size:
+        raise UserError(f"optim.batch_size={cfg.optim.batch_size} is larger than the {info.split_size('train')} "
+                        f"training images of {info.path}")
+    if per_worker < 1:
+        raise UserError(f"optim.batch_size={cfg.optim.batch_size} gives no images per worker")
+    return info
+
+
+def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, tracking_uri: str, run_id: str,
+        resume_from: str | None = None) -> Outcome:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    from alexnet.worker import train_loop
+
+    placement = plan_placement(cfg, ray.cluster_resources())
+    datasets = {
+        "train": train_dataset(info, crop=cfg.data.crop, pca_std=cfg.data.pca_lighting, flip=cfg.data.flip,
+                               seed=cfg.data.seed),
+        "val": val_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize),
+    }
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "dataset": {"version": info.version, "mean": info.pixel_mean, "std": info.pixel_std,
+                        "num_classes": info.num_classes},
+            "tracking_uri": tracking_uri,
+            "run_id": run_id,
+            "threads_per_worker": placement.threads_per_worker,
+            "resume_from": resume_from,
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=placement.use_gpu,
+                                     resources_per_worker={"CPU": placement.cpus_per_worker}),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
+                                               checkpoint_score_attribute="val_top1", checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+        ),
+        datasets=datasets,
+    )
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        raise TrainingError(_root_message(err)) from err
+    return _outcome(result, run_name, str(storage))
+
+
+def _root_message(err: BaseException) -> str:
+    """Ray wraps the worker's exception; surface the innermost message a user can act on."""
+    text = str(err)
+    for marker in ("NonFiniteLoss: ",):
+        if marker in text:
+            return "training diverged: " + text.split(marker, 1)[1].splitlines()[0]
+    return text.strip().splitlines()[-1] if text.strip() else type(err).__name__
+
+
+def _outcome(result, run_name: str, storage: str) -> Outcome:
+    best = [(c, m) for c, m in (result.best_checkpoints or []) if m and "val_top1" in m]
+    if not best and result.checkpoint is None:
+        raise TrainingError("training finished without a checkpoint")
+    if best:
+        ckpt, metrics = max(best, key=lambda cm: cm[1]["val_top1"])
+    else:
+        ckpt, metrics = result.checkpoint, (result.metrics or {})
+    latest = result.checkpoint or ckpt
+    with latest.as_directory() as d:
+        last = checkpoint.load(d)
+    return Outcome(run_name=run_name, val_top1=float(metrics.get("val_top1", last["metrics"]["val_top1"])),
+                   epochs=int(last["epoch"]) + 1, best_checkpoint=ckpt.path, latest_checkpoint=latest.path,
+                   storage=storage)
+
+
+def load_classifier(checkpoint_dir: str, info: DatasetInfo):
+    """A checkpoint -> the servable model (uint8 in, logits out) on CPU, in eval mode."""
+    from alexnet.config import from_dict
+    from alexnet.export import Classifier
+
+    state = checkpoint.load(checkpoint_dir)
+    cfg = from_dict(state["config"])
+    net = build_model(cfg.model.arch, info.num_classes, dropout=cfg.model.dropout)
+    net.load_state_dict(state["model"])
+    return Classifier(net, info.pixel_mean, info.pixel_std, info.classes).eval(), cfg

@@ -1,0 +1,128 @@
+"""The loop each Ray Train worker runs: build, (resume), then train/evaluate/report per epoch.
+
+Ray only hands this loop its data shards and receives its reports; the epoch functions are
+plain PyTorch (engine.py). Rank 0 alone writes checkpoints' metrics to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import torch
+
+from alexnet import build_model, checkpoint
+from alexnet.config import from_dict
+from alexnet.engine import evaluate, reduce_sums, train_one_epoch
+from alexnet.schedules import Plateau, lr_at, scaled_lr
+from alexnet.tracking import MetricLogger
+
+
+def make_optimizer(params, cfg, lr: float):
+    if cfg.optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.optim.weight_decay)
+
+
+def train_loop(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(loop_config["config"])
+    dataset = loop_config["dataset"]  # version, mean, std, num_classes
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    torch.manual_seed(cfg.data.seed)
+    torch.set_num_threads(loop_config.get("threads_per_worker", 1))
+
+    net = build_model(cfg.model.arch, dataset["num_classes"], dropout=cfg.model.dropout)
+    channels_last = cfg.run.channels_last and on_gpu
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(net)  # DDP when world > 1
+    raw_model = model.module if world > 1 else model  # unwrap once; save and log through this
+    if cfg.run.compile:
+        model = torch.compile(model)
+    amp_dtype = torch.bfloat16 if (cfg.run.amp and on_gpu) else None
+
+    base_lr = scaled_lr(cfg.optim.lr, cfg.optim.batch_size)
+    optimizer = make_optimizer(raw_model.parameters(), cfg, base_lr)
+    plateau = Plateau()
+    start_epoch = 0
+    resumed = ray.train.get_checkpoint() or _initial_checkpoint(loop_config)
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            state = checkpoint.load(d, map_location=device)
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        plateau = Plateau(**state["plateau"])
+        start_epoch = state["epoch"] + 1
+
+    mean = torch.tensor(dataset["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(dataset["std"], device=device).view(1, 3, 1, 1)
+    per_worker = cfg.optim.batch_size // world
+    logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        lr = lr_at(epoch, base=base_lr, schedule=cfg.optim.schedule, epochs=cfg.optim.epochs,
+                   warmup_epochs=cfg.optim.warmup_epochs, plateau_scale=plateau.scale)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        epoch_start = time.perf_counter()
+        batches = train_shard.iter_torch_batches(
+            batch_size=per_worker, drop_last=True, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+            local_shuffle_seed=cfg.data.seed * 100003 + epoch * 1009 + rank,
+            dtypes={"image": torch.uint8, "label": torch.long}, device="cpu", pin_memory=on_gpu,
+        )
+        tr = reduce_sums(
+            train_one_epoch(model, optimizer, batches, device, mean=mean, std=std, epoch=epoch,
+                            label_smoothing=cfg.optim.label_smoothing, amp_dtype=amp_dtype,
+                            channels_last=channels_last),
+            device,
+        )
+        val_batches = val_shard.iter_torch_batches(
+            batch_size=per_worker, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu")
+        va = reduce_sums(evaluate(model, val_batches, device, mean=mean, std=std, amp_dtype=amp_dtype,
+                                  channels_last=channels_last), device)
+        wall = time.perf_counter() - epoch_start
+        val_n = max(1.0, va["images"])
+        metrics = {
+            "epoch": epoch,
+            "train/loss": tr["loss_sum"] / max(1.0, tr["images"]),
+            "val/loss": va["loss_sum"] / val_n,
+            "val/top1": va["top1"] / val_n,
+            "val/top5": va["top5"] / val_n,
+            "lr": lr,
+            "throughput/images_per_s": tr["images"] / max(1e-9, tr["seconds"] / world),
+            "throughput/data_wait_fraction": tr["data_wait_s"] / max(1e-9, tr["seconds"]),
+            "time/epoch_s": wall,
+        }
+        if cfg.optim.schedule == "plateau":
+            plateau.update(metrics["val/top1"])
+        report = {k.replace("/", "_"): v for k, v in metrics.items()}
+        if rank == 0:
+            logger.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint.save(tmp, model=raw_model, optimizer=optimizer, plateau=plateau.state_dict(),
+                                scaler=None, epoch=epoch, config=loop_config["config"],
+                                dataset_version=dataset["version"], metrics=report)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(report)
+    if logger is not None and logger.pending:
+        logger.log({}, step=cfg.optim.epochs - 1)  # last chance to back-fill after an outage
+
+
+def _initial_checkpoint(loop_config: dict):
+    """`--resume-from PATH`: used only when Ray has no checkpoint of this run yet."""
+    path = loop_config.get("resume_from")
+    if not path:
+        return None
+    import ray.train
+
+    return ray.train.Checkpoint.from_directory(path) if os.path.isdir(path) else ray.train.Checkpoint(path)

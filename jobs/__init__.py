@@ -1,0 +1,1 @@
+"""Command line, job entrypoints, submission and scheduling: the wiring around a run."""

@@ -1,0 +1,49 @@
+"""`alexnet` console script: one subcommand per module, looked up in one table.
+
+Each module in COMMANDS has `add_parser(subparsers)`, which adds its parser and sets
+`func=run`, where `run(args) -> int` is the exit code. A `UserError` anywhere below becomes
+one line on stderr and exit code 2; Ctrl-C exits 130 after the command's own cleanup ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipelines.errors import UserError
+
+# Adding a subcommand is one entry here (module path under jobs/).
+COMMANDS = (
+    "jobs.commands.demo",
+    "jobs.commands.ingest",
+    "jobs.commands.train",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alexnet",
+        description="Image dataset -> Parquet -> Ray Data -> Ray Train AlexNet -> MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alexnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

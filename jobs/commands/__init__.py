@@ -1,0 +1,1 @@
+"""One module per `alexnet` subcommand (see jobs/cli.py)."""

@@ -1,0 +1,84 @@
+"""Where a run's Ray comes from, and the work directory's layout.
+
+Inside a Ray job (RAY_ADDRESS set by the job server) we join that cluster; otherwise a local
+Ray is started in-process and always shut down on the way out, Ctrl-C included, so no raylet
+or worker process outlives the command.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.errors import UserError
+
+
+@dataclass(frozen=True)
+class Workdir:
+    root: Path
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifacts(self) -> str:
+        return (self.root / "mlartifacts").as_uri()
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"  # Ray Train storage_path: one folder per run name
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    def ui_command(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+def prepare_workdir(path: str | os.PathLike) -> Workdir:
+    """Create the work directory or fail with one clear line (exit 2), before any work starts."""
+    root = Path(path).expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--workdir {root} is a file, not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"--workdir {root} is not writable: {err.strerror or err}") from None
+    return Workdir(root)
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def ray_session(num_cpus: int | None = None):
+    """Join the job's cluster when run as a Ray job, else start (and always stop) a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=True)
+        else:
+            ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", logging_level="WARNING",
+                     configure_logging=True, log_to_driver=True)
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = os.isatty(2)
+        yield
+    finally:
+        ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,330 @@
+"""`alexnet ingest`: a source image dataset -> a sharded, validated Parquet dataset directory.
+
+Two passes over Ray Data, both spread over the cluster's CPUs:
+1. hash: read each file's bytes -> content id (sha256). The driver drops duplicates and images
+   the dataset already holds, so a re-run only processes what is new.
+2. encode: each Ray Data block becomes one shard. The task decodes, validates, re-encodes and
+   writes its own Parquet file to a staging directory, and returns only small per-image rows
+   (id, split, reject reason, pixel moments). Image bytes never pass through the driver.
+The driver then moves the staged shards into place and writes `dataset.json` last (atomically):
+until then no reader sees the new shards, so an interrupted ingest leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import images, stats
+from pipelines.dataset import INFO_FILE, SCHEMA, SPLITS, DatasetInfo, load_info, write_info
+from pipelines.errors import UserError
+from pipelines.sources import Listing, list_image_folder
+
+REJECTS_FILE = "rejects.csv"
+FORMATS = ("jpeg", "png", "raw")
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    val_fraction: float = 0.1  # share of images (by id) put in val when the source has no split
+    image_format: str = "jpeg"  # jpeg | png | raw (uint8 pixels at raw_size x raw_size)
+    resize: int | None = 256  # shorter side in px after ingest; None keeps the source size
+    raw_size: int = 256  # side in px of the square stored by --format raw
+    quality: int = 90  # JPEG quality when re-encoding
+    min_side: int = 32  # px; smaller images cannot be cropped and are rejected
+    shard_mb: int = 256  # target shard size in MB
+    strict: bool = False  # any reject fails the run
+
+    def validate(self) -> None:
+        if self.image_format not in FORMATS:
+            raise UserError(f"--format {self.image_format!r}: expected one of {', '.join(FORMATS)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction {self.val_fraction}: expected 0 <= fraction < 1")
+        if self.resize is not None and self.resize < 8:
+            raise UserError(f"--resize {self.resize}: expected at least 8 px")
+        if not 1 <= self.quality <= 100:
+            raise UserError(f"--quality {self.quality}: expected 1..100")
+        if self.shard_mb <= 0:
+            raise UserError(f"--shard-mb {self.shard_mb}: expected a positive size")
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    path: str
+    version: str
+    added: int
+    duplicates: int
+    already_present: int
+    rejects: list[tuple[str, str]]
+    new_shards: int
+    counts: dict[str, dict[str, int]]
+    seconds: float
+
+
+def split_for(image_id: str, val_fraction: float) -> str:
+    """Deterministic split from the content id: an image never changes split when others arrive."""
+    return "val" if int(image_id[:8], 16) / 2**32 < val_fraction else "train"
+
+
+def _hash_batch(batch: dict) -> dict:
+    ids, sizes, errors = [], [], []
+    for path in batch["path"]:
+        try:
+            data = Path(path).read_bytes()
+            ids.append(hashlib.sha256(data).hexdigest())
+            sizes.append(len(data))
+            errors.append("")
+        except OSError as err:
+            ids.append("")
+            sizes.append(0)
+            errors.append(f"unreadable: {err.strerror or err}")
+    return {"path": list(batch["path"]), "id": ids, "nbytes": sizes, "error": errors}
+
+
+def _encode(data: bytes, opts: IngestOptions) -> tuple[bytes, int, int, np.ndarray]:
+    """Source bytes -> (stored bytes, height, width, stored pixels). Raises ImageDecodeError."""
+    img = images.open_rgb(data)
+    if min(img.size) < opts.min_side:
+        raise images.ImageDecodeError(f"too small to crop: {img.size[0]}x{img.size[1]} < {opts.min_side} px")
+    if opts.image_format == "raw":
+        img = images.resize_shorter_side(img, opts.raw_size)
+        left, top = (img.size[0] - opts.raw_size) // 2, (img.size[1] - opts.raw_size) // 2
+        img = img.crop((left, top, left + opts.raw_size, top + opts.raw_size))
+        pixels = np.asarray(img, dtype=np.uint8)
+        return pixels.tobytes(), opts.raw_size, opts.raw_size, pixels
+    resized = images.resize_shorter_side(img, opts.resize) if opts.resize else img
+    pixels = np.asarray(resized, dtype=np.uint8)
+    if opts.image_format == "jpeg" and resized is img and images.is_jpeg(data) and img.mode == "RGB":
+        # Keep the source JPEG bytes when they already fit: no second lossy encode.
+        # exif_transpose returned a new image if it rotated, so `resized is img` also means upright.
+        stored = data if _orientation_is_upright(data) else images.encode(resized, "jpeg", opts.quality)
+    else:
+        stored = images.encode(resized, opts.image_format, opts.quality)
+    return stored, pixels.shape[0], pixels.shape[1], pixels
+
+
+def _orientation_is_upright(data: bytes) -> bool:
+    from PIL import Image
+    import io
+
+    return Image.open(io.BytesIO(data)).getexif().get(0x0112, 1) == 1
+
+
+def _write_shard(rows: list[dict], path: Path) -> None:
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    avg = max(1, table.nbytes // max(1, table.num_rows))
+    row_group = int(min(4096, max(16, (32 << 20) // avg)))  # ~32 MB row groups stream well
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp, row_group_size=row_group, compression="none" if avg > 2048 else "zstd")
+    os.replace(tmp, path)
+
+
+def _encode_and_write(batch: dict, *, opts: IngestOptions, staging: str) -> dict:
+    """One block -> one shard per split in `staging`; returns one small row per image."""
+    out: dict[str, list] = {k: [] for k in ("id", "split", "label", "reject", "shard", "sum", "outer", "count")}
+    shard_rows: dict[str, list[dict]] = {}
+    shard_name = f"part-{uuid.uuid4().hex[:16]}.parquet"
+    for path, image_id, label, name, split in zip(batch["path"], batch["id"], batch["label"], batch["label_name"], batch["split"]):
+        reject, s, o, c, shard = "", np.zeros(3), np.zeros((3, 3)), 0, ""
+        try:
+            stored, h, w, pixels = _encode(Path(path).read_bytes(), opts)
+            shard_rows.setdefault(split, []).append(
+                {"id": image_id, "image": stored, "label": int(label), "label_name": name, "height": h, "width": w, "source": path}
+            )
+            shard = f"{split}/{shard_name}"
+            if split == "train":
+                s, o, c = stats.moments(pixels)
+        except images.ImageDecodeError as err:
+            reject = str(err)
+        except OSError as err:
+            reject = f"unreadable: {err.strerror or err}"
+        for key, value in zip(out, (image_id, split, int(label), reject, shard, s.tolist(), o.ravel().tolist(), c)):
+            out[key].append(value)
+    for split, rows in shard_rows.items():
+        (Path(staging) / split).mkdir(parents=True, exist_ok=True)
+        _write_shard(rows, Path(staging) / split / shard_name)
+    return out
+
+
+# What an ingest writes; a directory holding only these (and no dataset.json) is a killed first run.
+_OWN_ENTRIES = {"train", "val", REJECTS_FILE, f".{REJECTS_FILE}.tmp"}
+
+
+def _check_destination(dest: Path) -> DatasetInfo | None:
+    """Return the dataset already at `dest`, if any, after removing what a killed run left."""
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"destination {dest} is a file, not a directory")
+    if not dest.is_dir():
+        return None
+    previous = load_info(dest) if (dest / INFO_FILE).is_file() else None
+    entries = [p for p in dest.iterdir() if not p.name.startswith(".staging-")]
+    if previous is None and any(p.name not in _OWN_ENTRIES for p in entries):
+        raise UserError(f"destination {dest} is a non-empty directory that is not a dataset (no {INFO_FILE})")
+    listed = {rel for names in (previous.shards.values() if previous else []) for rel in names}
+    for split in SPLITS:
+        for shard in (dest / split).glob("*") if (dest / split).is_dir() else []:
+            if f"{split}/{shard.name}" not in listed:
+                shard.unlink()  # moved into place by a run killed before it wrote dataset.json
+    for stale in dest.glob(".staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return previous
+
+
+def _existing_rows(info: DatasetInfo | None) -> list[tuple[str, int, str]]:
+    if info is None:
+        return []
+    rows = []
+    for split in info.shards:
+        for shard in info.shard_paths(split):
+            t = pq.read_table(shard, columns=["id", "label"])
+            rows += [(i, l, split) for i, l in zip(t["id"].to_pylist(), t["label"].to_pylist())]
+    return rows
+
+
+def _fingerprint(rows: list[tuple[str, int, str]]) -> str:
+    digest = hashlib.sha256()
+    for image_id, label, split in sorted(rows):
+        digest.update(f"{image_id}:{label}:{split}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def ingest(source: str | os.PathLike, dest: str | os.PathLike, opts: IngestOptions = IngestOptions(),
+           listing: Listing | None = None) -> IngestSummary:
+    """Ingest `source` into `dest` (created, or appended to). Needs a running Ray (`ray.init`)."""
+    import ray.data
+
+    start = time.time()
+    opts.validate()
+    dest = Path(dest).resolve()
+    previous = _check_destination(dest)
+    listing = listing or list_image_folder(source)
+    if previous and previous.classes != listing.classes:
+        raise UserError(
+            f"source classes {listing.classes} differ from the dataset's {previous.classes} in {dest / INFO_FILE}"
+        )
+    label_of = {name: i for i, name in enumerate(listing.classes)}
+    rejects = list(listing.rejects)
+
+    # Pass 1: content ids.
+    n_blocks = max(1, min(len(listing.items) // 64, 200))
+    hashed = ray.data.from_items([{"path": it.path} for it in listing.items], override_num_blocks=n_blocks)
+    hashed = hashed.map_batches(_hash_batch, batch_size=None).to_pandas()
+    by_path = {it.path: it for it in listing.items}
+
+    existing = _existing_rows(previous)
+    existing_ids = {row[0] for row in existing}
+    seen = set(existing_ids)
+    todo, duplicates, already, total_bytes = [], 0, 0, 0
+    for path, image_id, nbytes, error in hashed.itertuples(index=False):
+        if error:
+            rejects.append((path, error))
+        elif image_id in existing_ids:
+            already += 1
+        elif image_id in seen:
+            duplicates += 1  # same bytes under another name: kept once, counted in the summary
+        else:
+            seen.add(image_id)
+            item = by_path[path]
+            split = item.split or split_for(image_id, opts.val_fraction)
+            todo.append({"path": path, "id": image_id, "label": label_of[item.label_name],
+                         "label_name": item.label_name, "split": split})
+            total_bytes += nbytes
+    path_of = {t["id"]: t["path"] for t in todo}
+
+    # Pass 2: encode + write shards into staging.
+    staging = dest / f".staging-{uuid.uuid4().hex[:8]}"
+    new_rows: list[tuple[str, int, str]] = []
+    moments = _previous_moments(previous)
+    new_shards: dict[str, list[str]] = {s: [] for s in SPLITS}
+    try:
+        if todo:
+            staging.mkdir(parents=True)
+            avg = max(1, total_bytes // len(todo))
+            rows_per_shard = max(1, (opts.shard_mb << 20) // avg)
+            cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            # At least 2 blocks per CPU so small datasets still use every core.
+            n_blocks = max(math.ceil(len(todo) / rows_per_shard), min(len(todo), 2 * cpus))
+            result = (
+                ray.data.from_items(todo, override_num_blocks=n_blocks)
+                .map_batches(_encode_and_write, batch_size=None, fn_kwargs={"opts": opts, "staging": str(staging)})
+                .to_pandas()
+            )
+            for row in result.itertuples(index=False):
+                if row.reject:
+                    rejects.append((path_of[row.id], row.reject))
+                    continue
+                new_rows.append((row.id, int(row.label), row.split))
+                if row.split == "train":
+                    moments["sum"] = np.add(moments["sum"], row.sum).tolist()
+                    moments["outer"] = np.add(moments["outer"], row.outer).tolist()
+                    moments["count"] += int(row.count)
+            if opts.strict and rejects:
+                raise UserError(f"--strict: {len(rejects)} file(s) rejected, first: {rejects[0][0]}: {rejects[0][1]}")
+            for split in SPLITS:
+                if (staging / split).is_dir():
+                    (dest / split).mkdir(parents=True, exist_ok=True)
+                    for f in sorted((staging / split).glob("*.parquet")):
+                        os.replace(f, dest / split / f.name)
+                        new_shards[split].append(f"{split}/{f.name}")
+        elif opts.strict and rejects:
+            raise UserError(f"--strict: {len(rejects)} file(s) rejected, first: {rejects[0][0]}: {rejects[0][1]}")
+        all_rows = existing + new_rows
+        if not all_rows:
+            raise UserError(f"source {source}: every image was rejected (see the reasons above)")
+        if moments["count"] == 0:
+            raise UserError(f"source {source}: no training images left after the val split (--val-fraction {opts.val_fraction})")
+        counts = {s: {c: 0 for c in listing.classes} for s in SPLITS}
+        for _, label, split in all_rows:
+            counts[split][listing.classes[label]] += 1
+        shards = {s: (previous.shards.get(s, []) if previous else []) + new_shards[s] for s in SPLITS}
+        info = DatasetInfo(
+            classes=listing.classes,
+            counts=counts,
+            shards=shards,
+            **stats.finalize(np.array(moments["sum"]), np.array(moments["outer"]), moments["count"]),
+            version=_fingerprint(all_rows),
+            image_format=opts.image_format,
+            params={**asdict(opts), "source": str(Path(source).resolve()) if not isinstance(source, str) or "://" not in source else source},
+            pixel_moments=moments,
+        )
+        dest.mkdir(parents=True, exist_ok=True)
+        _write_rejects(dest, rejects)
+        write_info(dest, info)
+    except BaseException:
+        # Nothing listed in dataset.json was touched; drop what this run staged or moved.
+        for split, names in new_shards.items():
+            for rel in names:
+                (dest / rel).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        if previous is None:
+            shutil.rmtree(dest, ignore_errors=True)  # it was empty or absent when we started
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return IngestSummary(str(dest), info.version, len(new_rows), duplicates, already, rejects,
+                         sum(len(v) for v in new_shards.values()), counts, time.time() - start)
+
+
+def _previous_moments(previous: DatasetInfo | None) -> dict:
+    if previous and previous.pixel_moments:
+        return dict(previous.pixel_moments)
+    return {"sum": [0.0] * 3, "outer": [0.0] * 9, "count": 0}
+
+
+def _write_rejects(dest: Path, rejects: list[tuple[str, str]]) -> None:
+    tmp = dest / f".{REJECTS_FILE}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows(sorted(rejects))
+    os.replace(tmp, dest / REJECTS_FILE)

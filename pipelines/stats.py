@@ -1,0 +1,32 @@
+"""Pixel statistics the training side needs: per-channel mean/std and the RGB PCA basis.
+
+Ingest workers return per-image moments (sum, sum of outer products, count); the driver adds
+them up and calls `finalize`. Exact, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def moments(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """HxWx3 uint8 -> (sum of RGB (3,), sum of RGB outer products (3,3), pixel count), 0-1 scale."""
+    flat = pixels.reshape(-1, 3).astype(np.float64) / 255.0
+    return flat.sum(axis=0), flat.T @ flat, flat.shape[0]
+
+
+def finalize(total: np.ndarray, outer: np.ndarray, count: int) -> dict:
+    """Mean, std, and the eigen-decomposition of the RGB covariance (AlexNet's PCA lighting)."""
+    if count == 0:
+        raise ValueError("no training pixels to compute statistics from")
+    total, outer = np.asarray(total, dtype=np.float64), np.asarray(outer, dtype=np.float64).reshape(3, 3)
+    mean = total / count
+    cov = outer / count - np.outer(mean, mean)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    return {
+        "pixel_mean": mean.tolist(),
+        "pixel_std": np.sqrt(np.clip(np.diag(cov), 1e-12, None)).tolist(),
+        "pca_eigval": np.clip(eigval[order], 0, None).tolist(),
+        "pca_eigvec": eigvec[:, order].tolist(),
+    }
