@@ -6,7 +6,7 @@ job). Everything a user can get wrong is checked before any Ray resource is requ
 
 from __future__ import annotations
 
-import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,6 @@ class TrainingError(RuntimeError):
 class Placement:
     use_gpu: bool
     cpus_per_worker: float
-    threads_per_worker: int
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ def plan_placement(cfg: Config, cluster: dict) -> Placement:
         raise UserError(
             f"run.num_workers={n} x run.cpus_per_worker={cpu:g} CPUs leaves no CPU for Ray Data on a "
             f"{cpus:g}-CPU cluster; lower run.cpus_per_worker (0 = automatic)")
-    return Placement(use_gpu, cpu, max(1, math.floor(cpu)))
+    return Placement(use_gpu, cpu)
 
 
 def check_inputs(cfg: Config) -> DatasetInfo:
@@ -104,7 +103,6 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
                         "num_classes": info.num_classes},
             "tracking_uri": tracking_uri,
             "run_id": run_id,
-            "threads_per_worker": placement.threads_per_worker,
             "resume_from": resume_from,
         },
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=placement.use_gpu,
@@ -119,10 +117,31 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
         datasets=datasets,
     )
     try:
-        result = trainer.fit()
+        result = _fit_interruptibly(trainer)
     except TrainingFailedError as err:
         raise TrainingError(_root_message(err)) from err
     return _outcome(result, run_name, str(storage))
+
+
+def _fit_interruptibly(trainer):
+    """Run `trainer.fit()` off the main thread. In the main thread, Ray Train installs a SIGINT
+    handler that ends the process with `sys.exit`; here Ctrl-C stays a KeyboardInterrupt, so the
+    caller marks the MLflow run KILLED and shuts Ray down (which stops the workers)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as err:  # handed to the main thread below
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def _root_message(err: BaseException) -> str:

@@ -36,7 +36,10 @@ def train_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
     torch.manual_seed(cfg.data.seed)
-    torch.set_num_threads(loop_config.get("threads_per_worker", 1))
+    if not on_gpu:
+        # The CPU reservation only keeps Ray Data schedulable; compute may use the node's cores,
+        # shared by the workers on it (the data tasks are light next to AlexNet's FC layers).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
 
     net = build_model(cfg.model.arch, dataset["num_classes"], dropout=cfg.model.dropout)
     channels_last = cfg.run.channels_last and on_gpu

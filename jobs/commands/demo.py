@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="alexnet-work", help="where data, checkpoints and the MLflow store go (default: ./alexnet-work)")
     p.add_argument("--epochs", type=int, help="override the demo recipe's epochs")
-    p.add_argument("--workers", type=int, help="train workers (default 2)")
+    p.add_argument("--workers", type=int, help="train workers (default 1; 2 works on 2 cores, just slower)")
     p.add_argument("--images-per-class", type=int, default=DEMO_CLASSES_PER, help="size of the generated dataset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.lr=0.002")

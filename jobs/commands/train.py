@@ -46,10 +46,12 @@ def parse_tags(items: list[str]) -> dict:
 def run(args) -> int:
     from alexnet.config import load_config
     from jobs.runtime import prepare_workdir, ray_session
+    from alexnet.trainer import check_inputs
     from jobs.training import new_run_name, run_training
 
     overrides = ([f"data.path={os.path.abspath(args.data)}"] if args.data else []) + list(args.overrides)
     cfg = load_config(args.recipe, overrides)
+    check_inputs(cfg)  # bad arch/dataset/batch: exit 2 before Ray starts
     work = prepare_workdir(args.workdir)
     tags = {"trigger": args.trigger, **parse_tags(args.tag)}
     if os.environ.get("RAY_JOB_SUBMISSION_ID"):

@@ -1,0 +1,78 @@
+"""The command line: help for every subcommand, and bad input as one clear line with exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jobs.cli import COMMANDS, build_parser, main
+
+
+def _alexnet(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_every_subcommand_and_each_has_help():
+    out = _alexnet("--help").stdout
+    sub = build_parser()._subparsers._group_actions[0]
+    assert set(sub.choices) >= {"demo", "ingest", "train"}
+    for name in sub.choices:
+        assert name in out
+        assert main_help(name).startswith("usage: alexnet " + name)
+
+
+def main_help(name: str) -> str:
+    return _alexnet(name, "--help").stdout
+
+
+def _assert_one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_demo_workdir_that_is_a_file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    _assert_one_line_error(_alexnet("demo", "--workdir", str(f)), "--workdir", str(f), "is a file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; covered by the read-only path below")
+def test_demo_workdir_unwritable(tmp_path):
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o500)
+    _assert_one_line_error(_alexnet("demo", "--workdir", str(d / "work")), "not writable")
+
+
+def test_demo_workdir_on_a_read_only_place():
+    # /proc refuses new directories even for root.
+    _assert_one_line_error(_alexnet("demo", "--workdir", "/proc/alexnet-work"), "--workdir", "not writable")
+
+
+def test_train_unknown_config_key_names_the_valid_ones(tmp_path):
+    r = _alexnet("train", "--data", str(tmp_path), "--set", "optim.lrr=0.1", "--workdir", str(tmp_path))
+    _assert_one_line_error(r, "optim.lrr", "valid:", "lr")
+
+
+def test_train_unknown_arch(tmp_path):
+    r = _alexnet("train", "--data", str(tmp_path), "--set", "model.arch=vgg", "--workdir", str(tmp_path))
+    _assert_one_line_error(r, "vgg", "torchvision")
+
+
+def test_train_missing_dataset(tmp_path):
+    r = _alexnet("train", "--data", str(tmp_path / "nope"), "--workdir", str(tmp_path))
+    _assert_one_line_error(r, str(tmp_path / "nope"), "does not exist")
+
+
+def test_every_command_module_is_importable():
+    import importlib
+
+    for name in COMMANDS:
+        assert hasattr(importlib.import_module(name), "add_parser")
