@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from alexnet.schedules import SCHEDULES
 from pipelines.errors import UserError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -25,6 +26,8 @@ class DataConfig:
     resize: int = 256  # px, val: shorter side before the centre crop
     pca_lighting: float = 0.1  # std of the paper's PCA lighting coefficients; 0 disables
     flip: bool = True  # random horizontal flips in training
+    random_resized_crop: bool = False  # torchvision's RandomResizedCrop instead of the paper's fixed-scale crop
+    ten_crop_eval: bool = False  # val: average the softmax over 10 crops (corners, centre, mirrored), as the paper
     shuffle_buffer: int = 1024  # rows in each worker's local shuffle buffer (on top of file shuffle)
     seed: int = 0  # seeds augmentation, shuffling and init; same seed -> same run
 
@@ -39,13 +42,14 @@ class ModelConfig:
 class OptimConfig:
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.01  # learning rate per 128 images of global batch (scaled linearly)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 5e-4  # L2 coefficient (decoupled for AdamW)
     batch_size: int = 128  # images per step, all workers together
-    epochs: int = 90
-    schedule: str = "plateau"  # plateau (paper: /10 when val stalls) | step | cosine | constant
+    epochs: int = 90  # full passes over the training split
+    schedule: str = "plateau"  # a name in schedules.SCHEDULES: plateau (paper: /10 when val stalls) | step | cosine | constant
+    step_size: int = 30  # epochs between x0.1 decays of the step schedule
     warmup_epochs: int = 0  # linear warm-up from lr/10, in epochs
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # probability mass spread over all classes; 0 disables
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class RunConfig:
     keep_checkpoints: int = 2  # best K by val top-1 are kept (plus the latest)
     amp: bool = True  # bf16 autocast on GPU (no effect on CPU)
     channels_last: bool = True  # NHWC memory format on GPU
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (GPU; slow to start)
     register_as: str = "alexnet"  # MLflow registered model name; "" skips registration
 
 
@@ -74,7 +78,7 @@ class Config:
 
 CHOICES = {
     "optim.optimizer": ("sgd", "adamw"),
-    "optim.schedule": ("plateau", "step", "cosine", "constant"),
+    "optim.schedule": tuple(SCHEDULES),
     "run.use_gpu": ("auto", "true", "false"),
 }
 
@@ -128,8 +132,9 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, group), name)
         if value not in allowed:
             raise UserError(f"{key}={value!r}: supported values are {', '.join(allowed)}")
+    if cfg.run.num_workers < 1:
+        raise UserError(f"run.num_workers={cfg.run.num_workers}: needs at least 1 worker")
     checks = [
-        (cfg.run.num_workers >= 1, f"run.num_workers={cfg.run.num_workers}: needs at least 1 worker"),
         (cfg.optim.batch_size >= 1, f"optim.batch_size={cfg.optim.batch_size}: must be positive"),
         (cfg.optim.batch_size % cfg.run.num_workers == 0,
          f"optim.batch_size={cfg.optim.batch_size} is not divisible by run.num_workers={cfg.run.num_workers}"),
@@ -140,6 +145,9 @@ def validate(cfg: Config) -> None:
         (cfg.data.resize >= cfg.data.crop, f"data.resize={cfg.data.resize} is smaller than data.crop={cfg.data.crop}"),
         (cfg.run.cpus_per_worker >= 0, f"run.cpus_per_worker={cfg.run.cpus_per_worker}: must be >= 0"),
         (cfg.run.max_failures >= 0, f"run.max_failures={cfg.run.max_failures}: must be >= 0"),
+        (cfg.optim.step_size >= 1, f"optim.step_size={cfg.optim.step_size}: must be at least 1 epoch"),
+        (cfg.optim.warmup_epochs >= 0, f"optim.warmup_epochs={cfg.optim.warmup_epochs}: must be >= 0"),
+        (0 <= cfg.optim.label_smoothing < 1, f"optim.label_smoothing={cfg.optim.label_smoothing}: expected 0 <= s < 1"),
         (cfg.run.keep_checkpoints >= 1, f"run.keep_checkpoints={cfg.run.keep_checkpoints}: must be >= 1"),
     ]
     for ok, message in checks:

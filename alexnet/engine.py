@@ -33,12 +33,17 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[
 
 def train_one_epoch(model, optimizer, batches: Iterable[dict], device, *, mean, std, epoch: int,
                     label_smoothing: float = 0.0, amp_dtype=None, channels_last: bool = False,
-                    before_step=None) -> dict:
-    """Returns sums over this worker's batches: loss_sum, images, seconds, data_wait_s."""
+                    before_step=None, check_every: int = 50) -> dict:
+    """Returns sums over this worker's batches: loss_sum, images, seconds, data_wait_s.
+
+    A non-finite loss raises NonFiniteLoss naming the epoch and the first bad step. The first bad
+    step is tracked on the device (no sync); it is read every `check_every` steps and at the end."""
     model.train()
     loss_sum = torch.zeros((), device=device)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
     images = 0
     wait = 0.0
+    step = -1
     start = time.perf_counter()
     fetch_start = start
     for step, batch in enumerate(batches):
@@ -52,32 +57,47 @@ def train_one_epoch(model, optimizer, batches: Iterable[dict], device, *, mean, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.detach() * y.shape[0]
+        loss = loss.detach().float()
+        loss_sum += loss * y.shape[0]
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
         images += y.shape[0]
-        if step % 50 == 0 and not math.isfinite(loss.item()):  # .item() is a CPU-GPU sync: sampled
-            raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch}, step {step}")
+        if step % check_every == check_every - 1:
+            _raise_if_bad(first_bad, epoch)  # .item() inside: a CPU-GPU sync point, sampled
         fetch_start = time.perf_counter()
+    _raise_if_bad(first_bad, epoch)
     total = loss_sum.item()  # sync point, once per epoch
-    if not math.isfinite(total):
-        raise NonFiniteLoss(f"loss became {total} during epoch {epoch} (after step {step})")
     return {"loss_sum": total, "images": images, "seconds": time.perf_counter() - start, "data_wait_s": wait}
+
+
+def _raise_if_bad(first_bad: torch.Tensor, epoch: int) -> None:
+    bad = int(first_bad.item())
+    if bad >= 0:
+        raise NonFiniteLoss(f"the training loss became NaN or inf at epoch {epoch}, step {bad}")
 
 
 @torch.no_grad()
 def evaluate(model, batches: Iterable[dict], device, *, mean, std, amp_dtype=None, channels_last: bool = False) -> dict:
-    """Returns sums over this worker's batches: loss_sum, top1, top5, images."""
+    """Returns sums over this worker's batches: loss_sum, top1, top5, images.
+
+    Images are (N, 3, H, W), or (N, K, 3, H, W) for K crops per image (ten-crop testing): then the
+    prediction is the mean of the K crops' softmax, as in the paper."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
     images = 0
     for batch in batches:
-        x = normalize(batch["image"].to(device, non_blocking=True), mean, std, channels_last)
+        images_u8 = batch["image"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
+        crops = images_u8.shape[1] if images_u8.dim() == 5 else 1
+        x = normalize(images_u8.flatten(0, 1) if crops > 1 else images_u8, mean, std, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        c1, c5 = topk_correct(logits, y)
+        log_probs = F.log_softmax(logits.float(), dim=1)
+        if crops > 1:  # log of the mean probability over the crops
+            log_probs = torch.logsumexp(log_probs.view(y.shape[0], crops, -1), dim=1) - math.log(crops)
+        loss_sum += F.nll_loss(log_probs, y, reduction="sum").double()
+        c1, c5 = topk_correct(log_probs, y)
         top1 += c1
         top5 += c5
         images += y.shape[0]

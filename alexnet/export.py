@@ -1,7 +1,8 @@
 """The model as it is served: uint8 NCHW images in, logits out (normalisation built in).
 
-The registered model carries its dataset's mean/std and class names, so `predict` and any
-`mlflow.pytorch.load_model` user feed it the same uint8 crops the pipeline produces.
+The registered model carries its dataset's mean/std, class names and input geometry (the
+val crop and the shorter side it is cut from), so `predict` and any `mlflow.pytorch.load_model`
+user feed it the same uint8 crops the pipeline produces.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from torch import nn
 
 
 class Classifier(nn.Module):
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float], classes: list[str]):
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], classes: list[str],
+                 *, crop: int | None = None, resize: int | None = None):
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.classes = list(classes)
+        self.crop = crop  # px, side of the square input (val: centre crop)
+        self.resize = resize  # px, shorter side the val crop is cut from
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()

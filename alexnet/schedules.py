@@ -17,26 +17,27 @@ def scaled_lr(lr_per_128: float, global_batch: int) -> float:
     return lr_per_128 * global_batch / 128
 
 
-def _constant(epoch: int, epochs: int) -> float:
+def _constant(epoch: int, epochs: int, step_size: int) -> float:
     return 1.0
 
 
-def _step(epoch: int, epochs: int) -> float:
-    return 0.1 ** (epoch // 30)  # torchvision's AlexNet recipe: x0.1 every 30 epochs
+def _step(epoch: int, epochs: int, step_size: int) -> float:
+    return 0.1 ** (epoch // step_size)  # torchvision's AlexNet recipe: x0.1 every 30 epochs
 
 
-def _cosine(epoch: int, epochs: int) -> float:
+def _cosine(epoch: int, epochs: int, step_size: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
 
 
 SCHEDULES = {"constant": _constant, "plateau": _constant, "step": _step, "cosine": _cosine}
 
 
-def lr_at(epoch: int, *, base: float, schedule: str, epochs: int, warmup_epochs: int, plateau_scale: float = 1.0) -> float:
+def lr_at(epoch: int, *, base: float, schedule: str, epochs: int, warmup_epochs: int, plateau_scale: float = 1.0,
+          step_size: int = 30) -> float:
     """Learning rate for 0-based `epoch`: warm-up from base/10, then the schedule."""
     if epoch < warmup_epochs:
         return base * (0.1 + 0.9 * epoch / warmup_epochs)
-    factor = SCHEDULES[schedule](epoch - warmup_epochs, epochs - warmup_epochs)
+    factor = SCHEDULES[schedule](epoch - warmup_epochs, epochs - warmup_epochs, step_size)
     return base * factor * plateau_scale
 
 

@@ -2,10 +2,14 @@
 
 `tracked_run` is the only place a run starts and ends, so a crash still ends it (FAILED, or
 KILLED on Ctrl-C) instead of leaving it RUNNING. Workers get the run id, never start runs.
+A run that is started again under the same name (Ray resuming its checkpoints) continues the
+same MLflow run instead of creating a second one.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -13,7 +17,52 @@ from contextlib import contextmanager
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from pipelines.errors import UserError
+
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+REDACTED = "***"
+SECRET_KEY = re.compile(r"token|password|passwd|secret|api[_-]?key|credential", re.IGNORECASE)
+URI_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+LOCAL_STORE_SCHEMES = ("sqlite:", "file:")
+
+
+class TrackingUnavailable(UserError):
+    """The tracking store did not answer a driver-side call that cannot be skipped (the CLI
+    prints it as one line: start the server or fix --tracking-uri)."""
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """A client whose model registry is the same store: MlflowClient would otherwise use a
+    registry URI set globally earlier in the process (mlflow.set_registry_uri)."""
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
+def is_local_store(tracking_uri: str) -> bool:
+    """SQLite and file stores live on one machine's disk; other nodes cannot write to them."""
+    return tracking_uri.startswith(LOCAL_STORE_SCHEMES) or "://" not in tracking_uri
+
+
+def redact(key: str, value) -> str:
+    """Secrets never reach MLflow: values of secret-looking keys, and user:password@ in URIs."""
+    text = str(value)
+    if SECRET_KEY.search(key):
+        return REDACTED
+    return URI_USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
+
+
+def flatten_params(params: dict, prefix: str = "") -> dict[str, str]:
+    """Nested dicts -> dotted keys; values redacted and cut to MLflow's maximum length."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, name + "."))
+            continue
+        text = redact(name, value)
+        if len(text) > MAX_PARAM_LENGTH:
+            text = text[: MAX_PARAM_LENGTH - 20] + f"...[{len(text)} chars]"
+        flat[name] = text
+    return flat
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -23,35 +72,112 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_location:
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
+def find_run(client: MlflowClient, experiment_id: str, run_name: str):
+    """The newest run of this experiment with this run name, or None."""
+    escaped = run_name.replace("'", "\\'")
+    runs = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{escaped}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def open_run(tracking_uri: str, *, experiment: str, run_name: str, tags: dict | None = None,
+             artifact_location: str | None = None) -> tuple[str, bool]:
+    """(run id, resumed): reuse the experiment's run of this name, else create one."""
+    client = client_for(tracking_uri)
+    try:
+        exp_id = get_or_create_experiment(client, experiment, artifact_location)
+        existing = find_run(client, exp_id, run_name)
+        if existing is not None:
+            run_id = existing.info.run_id
+            client.update_run(run_id, status="RUNNING")
+            resumes = int(existing.data.tags.get("resumes", "0")) + 1
+            set_tags(tracking_uri, run_id, {**(tags or {}), "resumes": resumes})
+            return run_id, True
+        safe = {k: redact(k, v) for k, v in (tags or {}).items()}
+        return client.create_run(exp_id, run_name=run_name, tags=safe).info.run_id, False
+    except Exception as err:
+        raise TrackingUnavailable(f"MLflow at {redact('uri', tracking_uri)} did not answer "
+                                  f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                                  f"start the tracking server or pass another --tracking-uri") from err
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str, *, attempts: int = 5, wait_s: float = 3.0) -> bool:
+    """Set the final status, retrying through a short outage; say so clearly if it never lands."""
+    client = client_for(tracking_uri)
+    for attempt in range(attempts):
+        try:
+            client.set_terminated(run_id, status)
+            return True
+        except Exception as err:
+            last = err
+            time.sleep(wait_s * (attempt + 1))
+    print(f"[tracking] could not mark MLflow run {run_id} {status} ({type(last).__name__}: {last}); "
+          f"it shows RUNNING until set by hand", file=sys.stderr)
+    return False
+
+
+@contextmanager
+def using_store(tracking_uri: str | None):
+    """MLflow's fluent API (start_run, log_model, register_model) against this store, then the
+    process's previous store again: mlflow.set_tracking_uri also rewrites MLFLOW_TRACKING_URI,
+    which later commands in the same process (tests, the scheduler) would otherwise inherit."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    if not tracking_uri:
+        yield
+        return
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri,
+             {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved[0], saved[1]
+        for key, value in saved[2].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @contextmanager
 def tracked_run(tracking_uri: str, *, experiment: str, run_name: str, tags: dict | None = None,
                 artifact_location: str | None = None):
-    """Create a run, yield its id, and always give it a final status."""
-    client = MlflowClient(tracking_uri)
-    exp_id = get_or_create_experiment(client, experiment, artifact_location)
-    run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
-    run_id = run.info.run_id
+    """Open (or resume, by run name) a run, yield its id, and always give it a final status."""
+    run_id, _ = open_run(tracking_uri, experiment=experiment, run_name=run_name, tags=tags,
+                         artifact_location=artifact_location)
     try:
         yield run_id
     except KeyboardInterrupt:
-        client.set_terminated(run_id, "KILLED")
+        finish_run(tracking_uri, run_id, "KILLED", attempts=1)
         raise
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        finish_run(tracking_uri, run_id, "FAILED")
         raise
-    client.set_terminated(run_id, "FINISHED")
+    finish_run(tracking_uri, run_id, "FINISHED")
 
 
-def log_params(tracking_uri: str, run_id: str, params: dict) -> None:
-    """Log params in batches of 100 (MLflow's limit), values cut to MLflow's maximum length."""
-    items = [Param(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
-    client = MlflowClient(tracking_uri)
+def log_params(tracking_uri: str, run_id: str, params: dict) -> list[str]:
+    """Log params (flattened, redacted, cut) in batches of 100, MLflow's limit.
+
+    A resumed run keeps the values it started with: MLflow refuses to change a param, so keys
+    already logged with another value are skipped and returned (the caller may warn)."""
+    client = client_for(tracking_uri)
+    flat = flatten_params(params)
+    logged = client.get_run(run_id).data.params
+    changed = sorted(k for k, v in flat.items() if k in logged and logged[k] != v)
+    items = [Param(k, v) for k, v in flat.items() if k not in logged]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
+    return changed
 
 
 def set_tags(tracking_uri: str, run_id: str, tags: dict) -> None:
-    MlflowClient(tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    items = [RunTag(k, redact(k, v)) for k, v in tags.items()]
+    client_for(tracking_uri).log_batch(run_id, tags=items)
 
 
 class MetricLogger:
@@ -59,7 +185,7 @@ class MetricLogger:
     writes are kept and re-sent with the next call; the failure is printed once."""
 
     def __init__(self, tracking_uri: str, run_id: str):
-        self.client = MlflowClient(tracking_uri)
+        self.client = client_for(tracking_uri)
         self.run_id = run_id
         self.pending: list[Metric] = []
         self.failing = False
@@ -68,8 +194,9 @@ class MetricLogger:
         now = int(time.time() * 1000)
         self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
         try:
-            for i in range(0, len(self.pending), 1000):
-                self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
+            while self.pending:  # drop each batch once it landed: a retry never duplicates it
+                self.client.log_batch(self.run_id, metrics=self.pending[:1000])
+                del self.pending[:1000]
         except Exception as err:  # any transport or server error: keep the metrics, go on training
             if not self.failing:
                 print(f"[tracking] MLflow unreachable ({type(err).__name__}: {err}); "
@@ -78,5 +205,5 @@ class MetricLogger:
             return False
         if self.failing:
             print("[tracking] MLflow reachable again; back-filled the kept metrics", file=sys.stderr)
-        self.pending, self.failing = [], False
+        self.failing = False
         return True

@@ -14,7 +14,7 @@ from alexnet import ARCHITECTURES, build_model, checkpoint
 from alexnet.config import Config
 from pipelines.dataset import DatasetInfo, open_dataset
 from pipelines.errors import UserError
-from pipelines.loader import train_dataset, val_dataset
+from pipelines.loader import EpochClock, train_dataset, val_dataset
 
 # Share of a CPU-only cluster's CPUs left to Ray Data when cpus_per_worker is 0 (auto).
 DATA_CPU_SHARE = 0.5
@@ -38,6 +38,8 @@ class Outcome:
     best_checkpoint: str
     latest_checkpoint: str
     storage: str
+    resumed_from_epoch: int | None = None  # last completed epoch (0-based) of the checkpoint resumed from
+    resumed_from: str | None = None  # that checkpoint's path
 
 
 def plan_placement(cfg: Config, cluster: dict) -> Placement:
@@ -90,10 +92,14 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
     from alexnet.worker import train_loop
 
     placement = plan_placement(cfg, ray.cluster_resources())
+    resume = resume_point(cfg, str(storage), run_name, resume_from)
+    if resume is not None:
+        print(f"resuming run {run_name} from its checkpoint at epoch {resume[1]}: {resume[0]}", flush=True)
+    clock = EpochClock.create()
     datasets = {
         "train": train_dataset(info, crop=cfg.data.crop, pca_std=cfg.data.pca_lighting, flip=cfg.data.flip,
-                               seed=cfg.data.seed),
-        "val": val_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize),
+                               seed=cfg.data.seed, random_resized_crop=cfg.data.random_resized_crop, clock=clock),
+        "val": val_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, ten_crop=cfg.data.ten_crop_eval),
     }
     trainer = TorchTrainer(
         train_loop,
@@ -103,7 +109,10 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
                         "num_classes": info.num_classes},
             "tracking_uri": tracking_uri,
             "run_id": run_id,
-            "resume_from": resume_from,
+            "resume_from": resume[0] if resume is not None else None,
+            "storage": str(storage),  # a restarted worker group finds checkpoints Ray had not registered
+            "run_name": run_name,
+            "clock": clock,
         },
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=placement.use_gpu,
                                      resources_per_worker={"CPU": placement.cpus_per_worker}),
@@ -120,7 +129,33 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
         result = _fit_interruptibly(trainer)
     except TrainingFailedError as err:
         raise TrainingError(_root_message(err)) from err
-    return _outcome(result, run_name, str(storage))
+    return _outcome(result, run_name, str(storage), resume)
+
+
+def resume_point(cfg: Config, storage: str, run_name: str, resume_from: str | None) -> tuple[str, int] | None:
+    """Where training continues from: this run's own latest checkpoint (same run name and storage:
+    a re-run after a crash or a kill), else `--resume-from PATH`, else None (a fresh start).
+
+    Ray Train restores the run's checkpoint manager from storage_path/run_name itself and hands the
+    workers its latest checkpoint; the path found here is the fallback the workers use when Ray has
+    none, and what the caller is told (Outcome.resumed_from_epoch)."""
+    own = checkpoint.find_latest(storage, run_name)
+    if own is not None:
+        return own
+    if not resume_from:
+        return None
+    try:
+        with _checkpoint_dir(resume_from) as d:
+            meta = checkpoint.read_meta(d)
+    except (FileNotFoundError, OSError, RuntimeError, ValueError, KeyError) as err:
+        raise UserError(f"--resume-from {resume_from}: not a checkpoint ({err})") from None
+    return resume_from, int(meta["epoch"])
+
+
+def _checkpoint_dir(path: str):
+    from ray.train import Checkpoint
+
+    return Checkpoint(path).as_directory() if "://" in path else Checkpoint.from_directory(path).as_directory()
 
 
 def _fit_interruptibly(trainer):
@@ -153,7 +188,7 @@ def _root_message(err: BaseException) -> str:
     return text.strip().splitlines()[-1] if text.strip() else type(err).__name__
 
 
-def _outcome(result, run_name: str, storage: str) -> Outcome:
+def _outcome(result, run_name: str, storage: str, resume: tuple[str, int] | None) -> Outcome:
     best = [(c, m) for c, m in (result.best_checkpoints or []) if m and "val_top1" in m]
     if not best and result.checkpoint is None:
         raise TrainingError("training finished without a checkpoint")
@@ -163,10 +198,11 @@ def _outcome(result, run_name: str, storage: str) -> Outcome:
         ckpt, metrics = result.checkpoint, (result.metrics or {})
     latest = result.checkpoint or ckpt
     with latest.as_directory() as d:
-        last = checkpoint.load(d)
+        last = checkpoint.read_meta(d)
     return Outcome(run_name=run_name, val_top1=float(metrics.get("val_top1", last["metrics"]["val_top1"])),
                    epochs=int(last["epoch"]) + 1, best_checkpoint=ckpt.path, latest_checkpoint=latest.path,
-                   storage=storage)
+                   storage=storage, resumed_from_epoch=resume[1] if resume else None,
+                   resumed_from=resume[0] if resume else None)
 
 
 def load_classifier(checkpoint_dir: str, info: DatasetInfo):

@@ -36,7 +36,9 @@ def train_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
     torch.manual_seed(cfg.data.seed)
-    if not on_gpu:
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
+    else:
         # The CPU reservation only keeps Ray Data schedulable; compute may use the node's cores,
         # shared by the workers on it (the data tasks are light next to AlexNet's FC layers).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
@@ -63,17 +65,26 @@ def train_loop(loop_config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         plateau = Plateau(**state["plateau"])
         start_epoch = state["epoch"] + 1
+        if rank == 0:
+            print(f"resuming at epoch {start_epoch} from the checkpoint of epoch {state['epoch']}", flush=True)
 
     mean = torch.tensor(dataset["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(dataset["std"], device=device).view(1, 3, 1, 1)
     per_worker = cfg.optim.batch_size // world
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    clock = loop_config.get("clock")  # pipelines.loader.EpochClock: tells the augmentation tasks the epoch
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
     for epoch in range(start_epoch, cfg.optim.epochs):
         lr = lr_at(epoch, base=base_lr, schedule=cfg.optim.schedule, epochs=cfg.optim.epochs,
-                   warmup_epochs=cfg.optim.warmup_epochs, plateau_scale=plateau.scale)
+                   warmup_epochs=cfg.optim.warmup_epochs, plateau_scale=plateau.scale,
+                   step_size=cfg.optim.step_size)
+        if clock is not None:
+            if rank == 0:
+                clock.set(epoch)
+            if world > 1:
+                torch.distributed.barrier()  # no worker asks for epoch e's batches before the clock says e
         for group in optimizer.param_groups:
             group["lr"] = lr
         epoch_start = time.perf_counter()
@@ -122,8 +133,11 @@ def train_loop(loop_config: dict) -> None:
 
 
 def _initial_checkpoint(loop_config: dict):
-    """`--resume-from PATH`: used only when Ray has no checkpoint of this run yet."""
-    path = loop_config.get("resume_from")
+    """Used only when Ray hands no checkpoint: this run's latest one on storage (Ray registers a
+    checkpoint after it is uploaded, so a worker killed in between restarts without it), else
+    `--resume-from PATH`."""
+    own = checkpoint.find_latest(loop_config["storage"], loop_config["run_name"]) if loop_config.get("storage") else None
+    path = own[0] if own else loop_config.get("resume_from")
     if not path:
         return None
     import ray.train

@@ -18,6 +18,11 @@ COMMANDS = (
     "jobs.commands.demo",
     "jobs.commands.ingest",
     "jobs.commands.train",
+    "jobs.commands.predict",
+    "jobs.commands.evaluate",
+    "jobs.commands.promote",
+    "jobs.commands.ui",
+    "jobs.commands.submit", "jobs.commands.jobs", "jobs.commands.schedule",
 )
 
 

@@ -55,6 +55,19 @@ def prepare_workdir(path: str | os.PathLike) -> Workdir:
     return Workdir(root)
 
 
+# MLflow's HTTP client retries for minutes by default (7 retries, backoff factor 2, 120 s
+# timeout): during a tracking-server outage that would stall rank 0's epoch loop. MetricLogger
+# keeps and re-sends metrics itself, so each call may fail fast. Set before ray.init so the
+# local Ray's workers inherit it; a user's own setting wins.
+MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def configure_mlflow_client() -> None:
+    for key, value in MLFLOW_CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -67,6 +80,7 @@ def ray_session(num_cpus: int | None = None):
     if ray.is_initialized():
         yield
         return
+    configure_mlflow_client()
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         if os.environ.get("RAY_ADDRESS"):
@@ -82,3 +96,23 @@ def ray_session(num_cpus: int | None = None):
     finally:
         ray.shutdown()
         signal.signal(signal.SIGTERM, previous)
+
+
+def add_store_options(parser) -> None:
+    """--workdir / --tracking-uri for the commands that read an existing MLflow store."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--workdir", help="work directory whose SQLite MLflow store to use")
+    group.add_argument("--tracking-uri", help="MLflow tracking URI; with neither option: $MLFLOW_TRACKING_URI, "
+                                              "else ./alexnet-work's store")
+
+
+def existing_store(args) -> str:
+    """The tracking URI named by --tracking-uri, else the work directory's SQLite store, which must exist."""
+    if args.tracking_uri:
+        return args.tracking_uri
+    if not args.workdir and os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    work = Workdir(Path(args.workdir or "alexnet-work").expanduser().absolute())
+    if not (work.root / "mlflow.db").is_file():
+        raise UserError(f"--workdir {work.root}: no MLflow store (mlflow.db) there; train first or pass --tracking-uri")
+    return work.tracking_uri

@@ -1,65 +1,55 @@
 """Augmentation presets, applied by Ray Data to whole batches (`map_batches`).
 
 A preset turns a batch of stored images into uint8 NCHW arrays: the network's input before
-normalisation. Normalisation and the float conversion happen on the training device, so the
-host-to-device copy is uint8, a quarter of float32.
+normalisation. Normalisation and the float conversion happen on the training device
+(`normalize` below, or alexnet.engine), so the host-to-device copy is uint8, a quarter of float32.
+
+Reproducibility: every random choice for an image comes from its own generator, seeded by
+(seed, epoch, image id) (`image_rng`), so it depends neither on which task ran the image nor on
+how Ray Data cut the stream into blocks and batches. Crops, flips and the lighting LUT run in
+PIL's C code; Python touches each image a handful of times, never each pixel.
 """
 
 from __future__ import annotations
 
+import io
+import logging
+import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from pipelines.images import open_rgb
+log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainPreset:
-    """The paper's training augmentation: random crop, horizontal flip, PCA lighting."""
-
-    crop: int  # px, side of the square crop fed to the network
-    eigval: tuple[float, ...]  # RGB covariance eigenvalues (0-1 scale), from dataset.json
-    eigvec: tuple[tuple[float, ...], ...]  # columns are eigenvectors
-    pca_std: float = 0.1  # std of the lighting coefficients (paper: 0.1); 0 disables
-    flip: bool = True
-
-    def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
-        out = np.empty((len(batch["image"]), 3, self.crop, self.crop), dtype=np.uint8)
-        basis = np.asarray(self.eigvec) * np.asarray(self.eigval)  # column k scaled by lambda_k
-        for i, data in enumerate(batch["image"]):
-            img = _at_least(open_rgb(data), self.crop)
-            w, h = img.size
-            x, y = rng.integers(0, w - self.crop + 1), rng.integers(0, h - self.crop + 1)
-            pixels = np.asarray(img.crop((x, y, x + self.crop, y + self.crop)), dtype=np.float32)
-            if self.flip and rng.random() < 0.5:
-                pixels = pixels[:, ::-1]
-            if self.pca_std > 0:
-                shift = basis @ rng.normal(0.0, self.pca_std, size=3) * 255.0
-                pixels = pixels + shift.astype(np.float32)
-            out[i] = np.clip(pixels, 0, 255).astype(np.uint8).transpose(2, 0, 1)
-        return {"image": out, "label": np.asarray(batch["label"], dtype=np.int64)}
+def image_key(image_id: str) -> int:
+    """The sha256 hex id of a stored image -> a non-negative int64 (its first 60 bits)."""
+    return int(image_id[:15], 16)
 
 
-@dataclass(frozen=True)
-class ValPreset:
-    """Resize the shorter side, then centre-crop: deterministic."""
-
-    crop: int  # px
-    resize: int  # px, shorter side before the crop
-
-    def __call__(self, batch: dict, rng: np.random.Generator | None = None) -> dict:
-        out = np.empty((len(batch["image"]), 3, self.crop, self.crop), dtype=np.uint8)
-        for i, data in enumerate(batch["image"]):
-            img = _shorter_side(open_rgb(data), self.resize)
-            w, h = img.size
-            x, y = (w - self.crop) // 2, (h - self.crop) // 2
-            out[i] = np.asarray(img.crop((x, y, x + self.crop, y + self.crop)), dtype=np.uint8).transpose(2, 0, 1)
-        return {"image": out, "label": np.asarray(batch["label"], dtype=np.int64)}
+def image_rng(seed: int, epoch: int, key: int) -> np.random.Generator:
+    """The generator for one image in one epoch: a pure function of (seed, epoch, image key)."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(key)])
 
 
-def _shorter_side(img: Image.Image, size: int) -> Image.Image:
+def decode(data: bytes, *, height: int = 0, width: int = 0, draft: int | None = None) -> Image.Image:
+    """Stored bytes -> RGB PIL image. JPEG/PNG are decoded (JPEG at the smallest DCT scale whose
+    shorter side is still >= `draft` px, which skips most of the IDCT work); anything else is
+    the raw uint8 HxWx3 format, which needs the row's height and width."""
+    if data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n":
+        img = Image.open(io.BytesIO(data))
+        if draft:
+            img.draft("RGB", (draft, draft))
+        return img if img.mode == "RGB" else img.convert("RGB")
+    if height <= 0 or width <= 0 or len(data) != height * width * 3:
+        raise ValueError(f"raw image of {len(data)} bytes does not match {height}x{width}x3")
+    return Image.frombuffer("RGB", (width, height), data, "raw", "RGB", 0, 1)
+
+
+def shorter_side(img: Image.Image, size: int) -> Image.Image:
+    """Scale so the shorter side is `size` px, keeping the aspect ratio (bilinear, antialiased)."""
     w, h = img.size
     if min(w, h) == size:
         return img
@@ -67,18 +57,167 @@ def _shorter_side(img: Image.Image, size: int) -> Image.Image:
     return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
 
 
-def _at_least(img: Image.Image, size: int) -> Image.Image:
-    return img if min(img.size) >= size else _shorter_side(img, size)
+def lighting_lut(eigval: Sequence[float], eigvec: Sequence[Sequence[float]], alpha: np.ndarray) -> list[int]:
+    """The paper's PCA lighting as a PIL `point` table: add sum_k alpha_k lambda_k p_k (0-1 scale,
+    times 255) to every pixel's RGB, rounded and clipped to 0..255. 768 entries, R then G then B."""
+    shift = (np.asarray(eigvec, dtype=np.float64) @ (np.asarray(eigval, dtype=np.float64) * alpha)) * 255.0
+    levels = np.arange(256, dtype=np.float64)
+    return np.concatenate([np.clip(np.rint(levels + s), 0, 255) for s in shift]).astype(np.int64).tolist()
 
 
-def apply_preset(batch: dict, *, preset, seed: int | None) -> dict:
-    """`map_batches` entry point. The preset is a small frozen object shipped once per task; the
-    RNG is seeded from the rows' ids so a batch's augmentation does not depend on which worker ran it."""
-    rng = None
-    if seed is not None:
-        ids = batch.get("id")
-        key = [int(i[:8], 16) for i in ids] if ids is not None else []
-        rng = np.random.default_rng([seed, *key])
-    elif not isinstance(preset, ValPreset):
-        rng = np.random.default_rng()
-    return preset(batch, rng)
+def _chw(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class TrainPreset:
+    """Training augmentation: the paper's random crop (or RandomResizedCrop), horizontal flip and
+    PCA lighting ("fancy PCA"). Draws, per image and in this order: the crop, the flip, alpha."""
+
+    crop: int  # px, side of the square crop fed to the network (paper: 224, or 227 for its arithmetic)
+    eigval: tuple[float, ...]  # RGB covariance eigenvalues (0-1 scale), from dataset.json
+    eigvec: tuple[tuple[float, ...], ...]  # columns are eigenvectors
+    pca_std: float = 0.1  # std of the lighting coefficients alpha (paper: 0.1); 0 disables
+    flip: bool = True  # horizontal flip with probability 1/2
+    random_resized_crop: bool = False  # torchvision-style RandomResizedCrop instead of the paper's crop
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop: area fraction range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop: aspect ratio range
+
+    def crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) in the stored image, which must be at least `crop` px a side
+        for the paper's crop (smaller images are upscaled first)."""
+        if not self.random_resized_crop:
+            x = int(rng.integers(0, width - self.crop + 1))
+            y = int(rng.integers(0, height - self.crop + 1))
+            return x, y, x + self.crop, y + self.crop
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):  # torchvision's rejection sampling, then its centre-crop fallback
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+                return x, y, x + w, y + h
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, round(width / self.ratio[0])
+        elif in_ratio > self.ratio[1]:
+            w, h = round(height * self.ratio[1]), height
+        else:
+            w, h = width, height
+        x, y = (width - w) // 2, (height - h) // 2
+        return x, y, x + w, y + h
+
+    def image(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+        """One decoded image -> uint8 (3, crop, crop)."""
+        if not self.random_resized_crop and min(img.size) < self.crop:
+            img = shorter_side(img, self.crop)
+        box = self.crop_box(*img.size, rng)
+        if self.random_resized_crop:
+            out = img.resize((self.crop, self.crop), Image.BILINEAR, box=box)
+        else:
+            out = img.crop(box)
+        if self.flip and rng.random() < 0.5:
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.pca_std > 0:
+            out = out.point(lighting_lut(self.eigval, self.eigvec, rng.normal(0.0, self.pca_std, size=3)))
+        return _chw(out)
+
+    def __call__(self, batch: dict, *, seed: int | None, epoch: int = 0) -> dict:
+        n = len(batch["image"])
+        out = np.empty((n, 3, self.crop, self.crop), dtype=np.uint8)
+        shared = np.random.default_rng() if seed is None else None  # unseeded: fresh entropy per batch
+        for i in range(n):
+            rng = shared if shared is not None else image_rng(seed, epoch, image_key(str(batch["id"][i])))
+            out[i] = self.image(_decode_row(batch, i), rng)
+        return _result(batch, out)
+
+
+@dataclass(frozen=True)
+class ValPreset:
+    """Resize the shorter side, then centre-crop (deterministic). With `ten_crop`, the paper's
+    test-time crops: the 4 corners and the centre, then the same five of the mirrored image
+    (torchvision's TenCrop order), as uint8 (10, 3, crop, crop) per image."""
+
+    crop: int  # px
+    resize: int  # px, shorter side before the crop
+    ten_crop: bool = False
+
+    def image(self, img: Image.Image) -> np.ndarray:
+        img = shorter_side(img, self.resize)
+        w, h, c = *img.size, self.crop
+        centre = ((w - c) // 2, (h - c) // 2)
+        if not self.ten_crop:
+            return _chw(img.crop((*centre, centre[0] + c, centre[1] + c)))
+        corners = [(0, 0), (w - c, 0), (0, h - c), (w - c, h - c), centre]
+        crops = [img.crop((x, y, x + c, y + c)) for x, y in corners]
+        crops += [im.crop((x, y, x + c, y + c)) for im in [img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+                  for x, y in corners]
+        return np.stack([_chw(im) for im in crops])
+
+    def __call__(self, batch: dict, *, seed: int | None = None, epoch: int = 0) -> dict:
+        n = len(batch["image"])
+        shape = (n, 10, 3, self.crop, self.crop) if self.ten_crop else (n, 3, self.crop, self.crop)
+        out = np.empty(shape, dtype=np.uint8)
+        for i in range(n):
+            out[i] = self.image(_decode_row(batch, i, draft=self.resize))
+        return _result(batch, out)
+
+
+def _decode_row(batch: dict, i: int, draft: int | None = None) -> Image.Image:
+    h = int(batch["height"][i]) if "height" in batch else 0
+    w = int(batch["width"][i]) if "width" in batch else 0
+    return decode(batch["image"][i], height=h, width=w, draft=draft)
+
+
+def _result(batch: dict, images: np.ndarray) -> dict:
+    out = {"image": images, "label": np.asarray(batch["label"], dtype=np.int64)}
+    if "id" in batch:  # kept only when the loader asked for keys (tests, debugging)
+        out["key"] = np.fromiter((image_key(str(i)) for i in batch["id"]), dtype=np.int64, count=len(images))
+    return out
+
+
+def apply_preset(batch: dict, *, preset, seed: int | None, epoch: int = 0, clock=None, keep_key: bool = False) -> dict:
+    """`map_batches` entry point. `preset` is a small frozen object, deserialised once per task;
+    `clock` (an EpochClock, or None for the fixed `epoch`) is read once per batch."""
+    if clock is not None:
+        epoch = clock.get()
+    out = preset(batch, seed=seed, epoch=epoch)
+    if not keep_key:
+        out.pop("key", None)
+    return out
+
+
+def normalize(images, mean, std):
+    """uint8 (..., 3, H, W) torch tensor -> float32, (x/255 - mean) / std per channel, on the
+    tensor's own device (so call it after the uint8 host-to-device copy). mean/std: 3 floats."""
+    import torch
+
+    shape = (3, 1, 1)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(shape)
+    s = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(shape)
+    return images.float().div_(255.0).sub_(m).div_(s)
+
+
+_warned_cpu_decode = False
+
+
+def decode_jpeg_batch(data: Sequence[bytes], device: str = "cuda") -> list:
+    """JPEG bytes -> list of uint8 (3, H, W) torch tensors on `device`, decoded by nvJPEG
+    (`torchvision.io.decode_jpeg(device="cuda")`) in one batched call. Without CUDA it decodes on
+    the CPU with libjpeg instead and warns once. Self-contained, for a worker or a script:
+    `decode_jpeg_batch(list_of_bytes, "cuda")`."""
+    global _warned_cpu_decode
+    import torch
+    from torchvision.io import decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in data]
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        if not _warned_cpu_decode:
+            log.warning("GPU JPEG decode requested but CUDA is not available; decoding on the CPU")
+            _warned_cpu_decode = True
+        device = "cpu"
+    if str(device).startswith("cuda"):
+        return decode_jpeg(tensors, device=device)
+    return [decode_jpeg(t) for t in tensors]

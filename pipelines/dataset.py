@@ -94,13 +94,20 @@ def load_info(directory: str | os.PathLike) -> DatasetInfo:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: unreadable dataset metadata: {err}") from err
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: malformed dataset metadata: expected a JSON object")
     version = raw.get("schema_version")
     if version != SCHEMA_VERSION:
         raise UserError(f"{path}: schema_version {version!r} is not supported (this build reads {SCHEMA_VERSION})")
     try:
-        return DatasetInfo(**raw, path=str(Path(directory).resolve()))
+        info = DatasetInfo(**raw, path=str(Path(directory).resolve()))
     except TypeError as err:
         raise UserError(f"{path}: malformed dataset metadata: {err}") from err
+    if not isinstance(info.classes, list) or not all(isinstance(c, str) for c in info.classes):
+        raise UserError(f"{path}: 'classes' must be a list of class names")
+    if not isinstance(info.shards, dict) or set(info.shards) - set(SPLITS):
+        raise UserError(f"{path}: 'shards' must map {' and '.join(SPLITS)} to shard lists")
+    return info
 
 
 def open_dataset(directory: str | os.PathLike) -> DatasetInfo:
@@ -113,12 +120,15 @@ def open_dataset(directory: str | os.PathLike) -> DatasetInfo:
     if not info.shards.get("train"):
         raise UserError(f"{Path(directory) / INFO_FILE}: lists no train shards")
     for split in info.shards:
-        for shard in info.shard_paths(split):
-            _validate_shard(shard, info.num_classes)
+        rows = sum(_validate_shard(shard, info.num_classes) for shard in info.shard_paths(split))
+        if rows != info.split_size(split):
+            raise UserError(f"{Path(directory) / INFO_FILE}: counts say {info.split_size(split)} {split} images, "
+                            f"its {split} shards hold {rows}")
     return info
 
 
-def _validate_shard(shard: str, num_classes: int) -> None:
+def _validate_shard(shard: str, num_classes: int) -> int:
+    """Check one shard's footer; return its row count."""
     try:
         meta = pq.ParquetFile(shard).metadata
     except FileNotFoundError:
@@ -141,3 +151,4 @@ def _validate_shard(shard: str, num_classes: int) -> None:
             raise UserError(
                 f"{shard}: label values {stats.min}..{stats.max} outside the {num_classes} classes of {INFO_FILE}"
             )
+    return meta.num_rows

@@ -19,19 +19,23 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import images, stats
+from pipelines import cifar, images, stats
 from pipelines.dataset import INFO_FILE, SCHEMA, SPLITS, DatasetInfo, load_info, write_info
 from pipelines.errors import UserError
-from pipelines.sources import Listing, list_image_folder
+from pipelines.sources import Listing, list_source, read_source
 
 REJECTS_FILE = "rejects.csv"
+DUPLICATES_FILE = "duplicates.csv"
+ROW_GROUP_MB = 32  # Parquet row group size: what a streaming reader holds in memory per file
 FORMATS = ("jpeg", "png", "raw")
 
 
@@ -42,7 +46,7 @@ class IngestOptions:
     resize: int | None = 256  # shorter side in px after ingest; None keeps the source size
     raw_size: int = 256  # side in px of the square stored by --format raw
     quality: int = 90  # JPEG quality when re-encoding
-    min_side: int = 32  # px; smaller images cannot be cropped and are rejected
+    min_side: int = 32  # px, shorter side of the source image; smaller ones are rejected (CIFAR is 32)
     shard_mb: int = 256  # target shard size in MB
     strict: bool = False  # any reject fails the run
 
@@ -57,19 +61,29 @@ class IngestOptions:
             raise UserError(f"--quality {self.quality}: expected 1..100")
         if self.shard_mb <= 0:
             raise UserError(f"--shard-mb {self.shard_mb}: expected a positive size")
+        if self.raw_size < 8:
+            raise UserError(f"--raw-size {self.raw_size}: expected at least 8 px")
+        if self.min_side < 1:
+            raise UserError(f"--min-side {self.min_side}: expected at least 1 px")
 
 
 @dataclass(frozen=True)
 class IngestSummary:
     path: str
-    version: str
-    added: int
-    duplicates: int
-    already_present: int
-    rejects: list[tuple[str, str]]
+    version: str  # the dataset's version after this run
+    previous_version: str | None  # before it (None: a new dataset)
+    added: int  # new images written
+    duplicates: int  # files whose content another file of this run already had (kept once)
+    already_present: int  # images the dataset already held (by content id)
+    rejects: list[tuple[str, str]]  # (path, reason), also in DEST/rejects.csv
     new_shards: int
-    counts: dict[str, dict[str, int]]
+    counts: dict[str, dict[str, int]]  # split -> class -> images, whole dataset
     seconds: float
+    duplicate_paths: list[tuple[str, str]] = field(default_factory=list)  # (path, same content as)
+
+    @property
+    def rejects_by_kind(self) -> dict[str, int]:
+        return reject_kinds(self.rejects)
 
 
 def split_for(image_id: str, val_fraction: float) -> str:
@@ -81,7 +95,7 @@ def _hash_batch(batch: dict) -> dict:
     ids, sizes, errors = [], [], []
     for path in batch["path"]:
         try:
-            data = Path(path).read_bytes()
+            data = read_source(path)
             ids.append(hashlib.sha256(data).hexdigest())
             sizes.append(len(data))
             errors.append("")
@@ -94,37 +108,27 @@ def _hash_batch(batch: dict) -> dict:
 
 def _encode(data: bytes, opts: IngestOptions) -> tuple[bytes, int, int, np.ndarray]:
     """Source bytes -> (stored bytes, height, width, stored pixels). Raises ImageDecodeError."""
-    img = images.open_rgb(data)
-    if min(img.size) < opts.min_side:
-        raise images.ImageDecodeError(f"too small to crop: {img.size[0]}x{img.size[1]} < {opts.min_side} px")
+    target = opts.raw_size if opts.image_format == "raw" else opts.resize
+    img, (w0, h0), mode, rotated = images.decode_for_ingest(data, target)
+    if min(w0, h0) < opts.min_side:
+        raise images.ImageDecodeError(f"too small: {w0}x{h0} px, shorter side below --min-side {opts.min_side}")
     if opts.image_format == "raw":
-        img = images.resize_shorter_side(img, opts.raw_size)
-        left, top = (img.size[0] - opts.raw_size) // 2, (img.size[1] - opts.raw_size) // 2
-        img = img.crop((left, top, left + opts.raw_size, top + opts.raw_size))
-        pixels = np.asarray(img, dtype=np.uint8)
+        pixels = np.asarray(images.center_square(img, opts.raw_size), dtype=np.uint8)
         return pixels.tobytes(), opts.raw_size, opts.raw_size, pixels
     resized = images.resize_shorter_side(img, opts.resize) if opts.resize else img
     pixels = np.asarray(resized, dtype=np.uint8)
-    if opts.image_format == "jpeg" and resized is img and images.is_jpeg(data) and img.mode == "RGB":
-        # Keep the source JPEG bytes when they already fit: no second lossy encode.
-        # exif_transpose returned a new image if it rotated, so `resized is img` also means upright.
-        stored = data if _orientation_is_upright(data) else images.encode(resized, "jpeg", opts.quality)
+    if (opts.image_format == "jpeg" and resized is img and mode == "RGB" and not rotated
+            and images.is_jpeg(data)):
+        stored = data  # the source JPEG already fits: keep its bytes, no second lossy encode
     else:
         stored = images.encode(resized, opts.image_format, opts.quality)
     return stored, pixels.shape[0], pixels.shape[1], pixels
 
 
-def _orientation_is_upright(data: bytes) -> bool:
-    from PIL import Image
-    import io
-
-    return Image.open(io.BytesIO(data)).getexif().get(0x0112, 1) == 1
-
-
 def _write_shard(rows: list[dict], path: Path) -> None:
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     avg = max(1, table.nbytes // max(1, table.num_rows))
-    row_group = int(min(4096, max(16, (32 << 20) // avg)))  # ~32 MB row groups stream well
+    row_group = int(min(4096, max(8, (ROW_GROUP_MB << 20) // avg)))  # a reader holds one row group at a time
     tmp = path.with_suffix(".tmp")
     pq.write_table(table, tmp, row_group_size=row_group, compression="none" if avg > 2048 else "zstd")
     os.replace(tmp, path)
@@ -138,7 +142,7 @@ def _encode_and_write(batch: dict, *, opts: IngestOptions, staging: str) -> dict
     for path, image_id, label, name, split in zip(batch["path"], batch["id"], batch["label"], batch["label_name"], batch["split"]):
         reject, s, o, c, shard = "", np.zeros(3), np.zeros((3, 3)), 0, ""
         try:
-            stored, h, w, pixels = _encode(Path(path).read_bytes(), opts)
+            stored, h, w, pixels = _encode(read_source(path), opts)
             shard_rows.setdefault(split, []).append(
                 {"id": image_id, "image": stored, "label": int(label), "label_name": name, "height": h, "width": w, "source": path}
             )
@@ -158,18 +162,21 @@ def _encode_and_write(batch: dict, *, opts: IngestOptions, staging: str) -> dict
 
 
 # What an ingest writes; a directory holding only these (and no dataset.json) is a killed first run.
-_OWN_ENTRIES = {"train", "val", REJECTS_FILE, f".{REJECTS_FILE}.tmp"}
+_OWN_ENTRIES = {"train", "val", REJECTS_FILE, DUPLICATES_FILE}
 
 
-def _check_destination(dest: Path) -> DatasetInfo | None:
+def _is_own(name: str) -> bool:
+    return name in _OWN_ENTRIES or name.startswith((".staging-", ".dataset.", f".{REJECTS_FILE}", f".{DUPLICATES_FILE}"))
+
+
+def check_destination(dest: Path) -> DatasetInfo | None:
     """Return the dataset already at `dest`, if any, after removing what a killed run left."""
     if dest.exists() and not dest.is_dir():
         raise UserError(f"destination {dest} is a file, not a directory")
     if not dest.is_dir():
         return None
     previous = load_info(dest) if (dest / INFO_FILE).is_file() else None
-    entries = [p for p in dest.iterdir() if not p.name.startswith(".staging-")]
-    if previous is None and any(p.name not in _OWN_ENTRIES for p in entries):
+    if previous is None and any(not _is_own(p.name) for p in dest.iterdir()):
         raise UserError(f"destination {dest} is a non-empty directory that is not a dataset (no {INFO_FILE})")
     listed = {rel for names in (previous.shards.values() if previous else []) for rel in names}
     for split in SPLITS:
@@ -178,6 +185,8 @@ def _check_destination(dest: Path) -> DatasetInfo | None:
                 shard.unlink()  # moved into place by a run killed before it wrote dataset.json
     for stale in dest.glob(".staging-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in dest.glob(".dataset.*.json.tmp"):
+        stale.unlink(missing_ok=True)
     return previous
 
 
@@ -192,57 +201,75 @@ def _existing_rows(info: DatasetInfo | None) -> list[tuple[str, int, str]]:
     return rows
 
 
-def _fingerprint(rows: list[tuple[str, int, str]]) -> str:
-    digest = hashlib.sha256()
+def _fingerprint(rows: list[tuple[str, int, str]], classes: list[str], image_format: str) -> str:
+    digest = hashlib.sha256(f"{classes}|{image_format}\n".encode())
     for image_id, label, split in sorted(rows):
         digest.update(f"{image_id}:{label}:{split}\n".encode())
     return digest.hexdigest()[:16]
 
 
+def _strict_error(rejects: list[tuple[str, str]]) -> UserError:
+    path, reason = rejects[0]
+    return UserError(f"--strict: {len(rejects)} file(s) rejected, first: {path}: {reason}")
+
+
 def ingest(source: str | os.PathLike, dest: str | os.PathLike, opts: IngestOptions = IngestOptions(),
-           listing: Listing | None = None) -> IngestSummary:
-    """Ingest `source` into `dest` (created, or appended to). Needs a running Ray (`ray.init`)."""
+           listing: Listing | None = None, *, source_type: str | None = None,
+           progress: Callable[[str], None] | None = None) -> IngestSummary:
+    """Ingest `source` (folder, manifest or CIFAR; auto-detected unless `source_type`) into `dest`
+    (created, or appended to). Needs a running Ray (`ray.init`). `progress` gets one-line updates."""
     import ray.data
 
+    say = progress or (lambda message: None)
     start = time.time()
     opts.validate()
+    listing = listing or list_source(source, source_type)  # bad sources fail before dest is touched
     dest = Path(dest).resolve()
-    previous = _check_destination(dest)
-    listing = listing or list_image_folder(source)
+    previous = check_destination(dest)
     if previous and previous.classes != listing.classes:
         raise UserError(
             f"source classes {listing.classes} differ from the dataset's {previous.classes} in {dest / INFO_FILE}"
         )
+    if previous and previous.image_format != opts.image_format:
+        raise UserError(f"--format {opts.image_format}: the dataset at {dest} stores {previous.image_format}; "
+                        "appending needs the same format")
     label_of = {name: i for i, name in enumerate(listing.classes)}
     rejects = list(listing.rejects)
+    if opts.strict and rejects:
+        raise _strict_error(rejects)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    # Pass 1: content ids.
-    n_blocks = max(1, min(len(listing.items) // 64, 200))
+    # Pass 1: content ids. Few, large blocks: the work per file is small, Ray's per-task cost is not.
+    say(f"hashing {len(listing.items)} files from {source} on {cpus} CPUs")
+    n_blocks = min(len(listing.items), max(2 * cpus, math.ceil(len(listing.items) / 20000)))
     hashed = ray.data.from_items([{"path": it.path} for it in listing.items], override_num_blocks=n_blocks)
     hashed = hashed.map_batches(_hash_batch, batch_size=None).to_pandas()
     by_path = {it.path: it for it in listing.items}
 
     existing = _existing_rows(previous)
     existing_ids = {row[0] for row in existing}
-    seen = set(existing_ids)
-    todo, duplicates, already, total_bytes = [], 0, 0, 0
+    first_path: dict[str, str] = {}
+    todo, duplicates, already, total_bytes = [], [], 0, 0
     for path, image_id, nbytes, error in hashed.itertuples(index=False):
         if error:
             rejects.append((path, error))
         elif image_id in existing_ids:
             already += 1
-        elif image_id in seen:
-            duplicates += 1  # same bytes under another name: kept once, counted in the summary
+        elif image_id in first_path:
+            duplicates.append((path, first_path[image_id]))  # same bytes under another name: kept once
         else:
-            seen.add(image_id)
+            first_path[image_id] = path
             item = by_path[path]
             split = item.split or split_for(image_id, opts.val_fraction)
             todo.append({"path": path, "id": image_id, "label": label_of[item.label_name],
                          "label_name": item.label_name, "split": split})
             total_bytes += nbytes
+    if opts.strict and rejects:
+        raise _strict_error(rejects)
     path_of = {t["id"]: t["path"] for t in todo}
 
     # Pass 2: encode + write shards into staging.
+    created = not dest.exists()
     staging = dest / f".staging-{uuid.uuid4().hex[:8]}"
     new_rows: list[tuple[str, int, str]] = []
     moments = _previous_moments(previous)
@@ -252,9 +279,10 @@ def ingest(source: str | os.PathLike, dest: str | os.PathLike, opts: IngestOptio
             staging.mkdir(parents=True)
             avg = max(1, total_bytes // len(todo))
             rows_per_shard = max(1, (opts.shard_mb << 20) // avg)
-            cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
             # At least 2 blocks per CPU so small datasets still use every core.
             n_blocks = max(math.ceil(len(todo) / rows_per_shard), min(len(todo), 2 * cpus))
+            say(f"encoding {len(todo)} new images ({already} already present, {len(duplicates)} duplicates) "
+                f"into ~{n_blocks} shards")
             result = (
                 ray.data.from_items(todo, override_num_blocks=n_blocks)
                 .map_batches(_encode_and_write, batch_size=None, fn_kwargs={"opts": opts, "staging": str(staging)})
@@ -270,49 +298,70 @@ def ingest(source: str | os.PathLike, dest: str | os.PathLike, opts: IngestOptio
                     moments["outer"] = np.add(moments["outer"], row.outer).tolist()
                     moments["count"] += int(row.count)
             if opts.strict and rejects:
-                raise UserError(f"--strict: {len(rejects)} file(s) rejected, first: {rejects[0][0]}: {rejects[0][1]}")
+                raise _strict_error(rejects)
             for split in SPLITS:
                 if (staging / split).is_dir():
                     (dest / split).mkdir(parents=True, exist_ok=True)
                     for f in sorted((staging / split).glob("*.parquet")):
                         os.replace(f, dest / split / f.name)
                         new_shards[split].append(f"{split}/{f.name}")
-        elif opts.strict and rejects:
-            raise UserError(f"--strict: {len(rejects)} file(s) rejected, first: {rejects[0][0]}: {rejects[0][1]}")
         all_rows = existing + new_rows
         if not all_rows:
-            raise UserError(f"source {source}: every image was rejected (see the reasons above)")
+            raise UserError(f"source {source}: every image was rejected ({_reasons(rejects)})")
         if moments["count"] == 0:
             raise UserError(f"source {source}: no training images left after the val split (--val-fraction {opts.val_fraction})")
         counts = {s: {c: 0 for c in listing.classes} for s in SPLITS}
         for _, label, split in all_rows:
             counts[split][listing.classes[label]] += 1
         shards = {s: (previous.shards.get(s, []) if previous else []) + new_shards[s] for s in SPLITS}
+        src = str(source) if isinstance(source, str) and "://" in source else str(Path(source).resolve())
         info = DatasetInfo(
             classes=listing.classes,
             counts=counts,
             shards=shards,
             **stats.finalize(np.array(moments["sum"]), np.array(moments["outer"]), moments["count"]),
-            version=_fingerprint(all_rows),
+            version=_fingerprint(all_rows, listing.classes, opts.image_format),
             image_format=opts.image_format,
-            params={**asdict(opts), "source": str(Path(source).resolve()) if not isinstance(source, str) or "://" not in source else source},
+            params={**asdict(opts), "source": src, "source_type": source_type or _detected(source, listing)},
             pixel_moments=moments,
         )
         dest.mkdir(parents=True, exist_ok=True)
-        _write_rejects(dest, rejects)
-        write_info(dest, info)
+        _write_csv(dest / REJECTS_FILE, ["path", "reason"], sorted(rejects))
+        _write_csv(dest / DUPLICATES_FILE, ["path", "same_content_as"], sorted(duplicates))
+        write_info(dest, info)  # the commit point: from here on readers see the new shards
     except BaseException:
-        # Nothing listed in dataset.json was touched; drop what this run staged or moved.
+        # Nothing listed in the previous dataset.json was touched; drop what this run staged or moved.
         for split, names in new_shards.items():
             for rel in names:
                 (dest / rel).unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
-        if previous is None:
-            shutil.rmtree(dest, ignore_errors=True)  # it was empty or absent when we started
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)
+        elif previous is None and dest.is_dir():
+            for entry in dest.iterdir():  # it held nothing but a killed run's leftovers when we started
+                if _is_own(entry.name):
+                    shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
         raise
     shutil.rmtree(staging, ignore_errors=True)
-    return IngestSummary(str(dest), info.version, len(new_rows), duplicates, already, rejects,
-                         sum(len(v) for v in new_shards.values()), counts, time.time() - start)
+    return IngestSummary(str(dest), info.version, previous.version if previous else None, len(new_rows),
+                         len(duplicates), already, rejects, sum(len(v) for v in new_shards.values()), counts,
+                         time.time() - start, duplicate_paths=duplicates)
+
+
+def _detected(source, listing: Listing) -> str:
+    if listing.items and "#" in listing.items[0].path and cifar.is_ref(listing.items[0].path):
+        return "cifar"
+    return "manifest" if Path(source).is_file() else "folder"
+
+
+def _reasons(rejects: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in reject_kinds(rejects).items()) or "no images"
+
+
+def reject_kinds(rejects: list[tuple[str, str]]) -> dict[str, int]:
+    """Reject reasons grouped by their kind (the text before the first colon), most common first."""
+    kinds = Counter(reason.split(":", 1)[0] for _, reason in rejects)
+    return dict(kinds.most_common())
 
 
 def _previous_moments(previous: DatasetInfo | None) -> dict:
@@ -321,10 +370,10 @@ def _previous_moments(previous: DatasetInfo | None) -> dict:
     return {"sum": [0.0] * 3, "outer": [0.0] * 9, "count": 0}
 
 
-def _write_rejects(dest: Path, rejects: list[tuple[str, str]]) -> None:
-    tmp = dest / f".{REJECTS_FILE}.tmp"
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
-        writer.writerows(sorted(rejects))
-    os.replace(tmp, dest / REJECTS_FILE)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)

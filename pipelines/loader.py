@@ -1,32 +1,144 @@
 """Parquet dataset -> Ray Data pipelines of augmented batches, for training and validation.
 
-Lazy and streaming: nothing is materialised; Ray Train splits each dataset across the train
-workers (equal row counts per worker) and every epoch re-executes the pipeline.
+Lazy and streaming: read_parquet -> map_batches (decode + augment, fused into one task per file
+on the CPU workers) -> Ray Train's streaming split; nothing is materialised and every epoch
+re-executes the pipeline, with a fresh file order.
+
+Per epoch, with W train workers, batch size B per worker and N training images: Ray Train's
+default DataConfig splits the stream with `streaming_split(W, equal=True)`, so every worker gets
+floor(N / W) rows (the N mod W others are dropped that epoch); `iter_torch_batches(drop_last=True)`
+then yields floor(floor(N / W) / B) batches on every worker (equal counts: DDP cannot deadlock on
+a missing all-reduce) and drops each worker's last partial batch. Every image is seen at most once
+per epoch; fewer than W * (B + 1) images are skipped, and which ones changes with the shuffle.
+
+Seeded augmentation is a pure function of (seed, epoch, image id). The map tasks learn the epoch
+from an `EpochClock`; the train loop must call, on rank 0, `clock.set(epoch)` before any worker
+creates that epoch's iterator (followed by a barrier across workers). That is sufficient because
+Ray Train's split coordinator starts an epoch's execution only once every worker has asked for
+it, and ends the previous execution before (see ray/data/_internal/iterator/stream_split_iterator.py,
+SplitCoordinator._barrier): no task of epoch e+1 can run before rank 0 set e+1, and none of epoch e after.
 """
 
 from __future__ import annotations
 
+import logging
+
 from pipelines.augment import TrainPreset, ValPreset, apply_preset
 from pipelines.dataset import DatasetInfo
+from pipelines.errors import UserError
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ["id", "image", "label"]
+RAW_COLUMNS = ["height", "width"]  # raw pixels carry their shape in these
+
+
+class _Clock:
+    def __init__(self):
+        self.epoch = 0
+
+    def set(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def get(self) -> int:
+        return self.epoch
+
+
+class EpochClock:
+    """Tells the augmentation tasks which epoch they serve, so augmentation is a pure function of
+    (seed, epoch, image id). Picklable handle to a tiny Ray actor (num_cpus=0).
+
+    Driver: `clock = EpochClock.create()`; pass it to `train_dataset(..., clock=clock)` and to the
+    train loop (e.g. in train_loop_config). Train loop, every epoch, before `iter_torch_batches`:
+    `if rank == 0: clock.set(epoch)`, then a barrier across workers. The actor lives as long as
+    the process that created it (the driver)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    @staticmethod
+    def create() -> "EpochClock":
+        """Start the actor (on the driver; needs Ray initialised). It starts at epoch 0."""
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError("EpochClock.create() needs Ray initialised (ray.init) first")
+        return EpochClock(ray.remote(num_cpus=0, max_restarts=-1)(_Clock).remote())
+
+    def set(self, epoch: int) -> None:
+        """Blocks until the actor holds `epoch`: every `get` issued after this returns sees it."""
+        import ray
+
+        ray.get(self._handle.set.remote(int(epoch)))
+
+    def get(self) -> int:
+        import ray
+
+        return ray.get(self._handle.get.remote())
+
+    def __reduce__(self):
+        return EpochClock, (self._handle,)
+
+
+def _columns(info: DatasetInfo) -> list[str]:
+    return COLUMNS + (RAW_COLUMNS if info.image_format == "raw" else [])
+
+
+def _check_crop(info: DatasetInfo, crop: int, option: str) -> None:
+    if crop < 1:
+        raise UserError(f"{option}={crop}: the crop must be at least 1 px")
 
 
 def train_dataset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool, seed: int | None,
-                  batch_rows: int = 64):
-    import ray.data
+                  random_resized_crop: bool = False, clock: EpochClock | None = None, batch_rows: int = 64,
+                  epoch: int = 0, keep_key: bool = False, num_cpus: float = 1.0,
+                  concurrency: int | None = None):
+    """The training pipeline: columns `image` (uint8 N,3,crop,crop) and `label` (int64), plus
+    `key` (int64, first 60 bits of the image id) when `keep_key`.
 
+    crop: px; pca_std: std of the PCA lighting coefficients (paper 0.1, 0 = off); flip: random
+    horizontal flip; seed: None = unseeded augmentation; random_resized_crop: torchvision's
+    RandomResizedCrop(crop) instead of the paper's random crop; clock: where the tasks read the
+    epoch (None: the fixed `epoch`, e.g. for tests and benchmarks); batch_rows: images per
+    `map_batches` call (peak task memory ~ batch_rows x crop^2 x 3 bytes, plus one file's block);
+    num_cpus: CPUs each map task reserves (1: decoding is single-threaded; a 2-CPU node with 1 CPU
+    held by training still runs one task at a time); concurrency: cap on simultaneous map tasks
+    (None: as many as free CPUs allow).
+
+    Files are shuffled anew each execution (= each epoch): with a seed, by FileShuffleConfig(seed)
+    whose order is seeded by hash((seed, execution index)); unseeded, from fresh entropy.
+    """
+    import ray.data
+    from ray.data import FileShuffleConfig
+
+    _check_crop(info, crop, "data.crop")
+    if seed is not None and clock is None:
+        log.warning("train_dataset: seed without an EpochClock gives every epoch epoch %d's augmentations; "
+                    "pass clock=EpochClock.create() and call clock.set(epoch) in the train loop", epoch)
     preset = TrainPreset(crop=crop, eigval=tuple(info.pca_eigval), eigvec=tuple(map(tuple, info.pca_eigvec)),
-                         pca_std=pca_std, flip=flip)
-    ds = ray.data.read_parquet(info.shard_paths("train"), columns=COLUMNS, shuffle="files")
-    return ds.map_batches(apply_preset, fn_kwargs={"preset": preset, "seed": seed}, batch_size=batch_rows,
-                          batch_format="numpy")
+                         pca_std=pca_std, flip=flip, random_resized_crop=random_resized_crop)
+    shuffle = FileShuffleConfig(seed=seed) if seed is not None else "files"
+    ds = ray.data.read_parquet(info.shard_paths("train"), columns=_columns(info), shuffle=shuffle)
+    return ds.map_batches(apply_preset, batch_size=batch_rows, batch_format="numpy", zero_copy_batch=True,
+                          fn_kwargs={"preset": preset, "seed": seed, "epoch": epoch, "clock": clock,
+                                     "keep_key": keep_key},
+                          num_cpus=num_cpus, concurrency=concurrency)
 
 
-def val_dataset(info: DatasetInfo, *, crop: int, resize: int, batch_rows: int = 64):
+def val_dataset(info: DatasetInfo, *, crop: int, resize: int, ten_crop: bool = False, batch_rows: int = 64,
+                keep_key: bool = False, num_cpus: float = 1.0, concurrency: int | None = None):
+    """The evaluation pipeline (deterministic): shorter side resized to `resize` px, centre crop
+    of `crop` px -> `image` uint8 (N,3,crop,crop), `label` int64. `ten_crop=True`: `image` is uint8
+    (N,10,3,crop,crop), the 4 corners + centre and the same of the mirrored image (the paper's
+    test-time averaging; the evaluator averages the 10 predictions over dim 1). Other keywords as
+    in `train_dataset`."""
     import ray.data
 
-    preset = ValPreset(crop=crop, resize=resize)
-    ds = ray.data.read_parquet(info.shard_paths("val"), columns=COLUMNS)
-    return ds.map_batches(apply_preset, fn_kwargs={"preset": preset, "seed": None}, batch_size=batch_rows,
-                          batch_format="numpy")
+    _check_crop(info, crop, "data.crop")
+    if resize < crop:
+        raise UserError(f"data.resize={resize} is smaller than data.crop={crop}")
+    preset = ValPreset(crop=crop, resize=resize, ten_crop=ten_crop)
+    ds = ray.data.read_parquet(info.shard_paths("val"), columns=_columns(info))
+    return ds.map_batches(apply_preset, batch_size=batch_rows, batch_format="numpy", zero_copy_batch=True,
+                          fn_kwargs={"preset": preset, "seed": None, "keep_key": keep_key},
+                          num_cpus=num_cpus, concurrency=concurrency)

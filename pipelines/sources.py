@@ -1,35 +1,95 @@
 """Enumerate a source dataset into (path, class name, split) items, before any decoding.
 
-Layouts: `ROOT/<class>/<file>`, and ImageNet-style `ROOT/train/<class>/...` + `ROOT/val/<class>/...`
-(the existing split is kept). Files with other extensions are returned as rejects, not dropped.
+Sources:
+- image folder: `ROOT/<class>/<file>`, or ImageNet-style `ROOT/train/<class>/...` +
+  `ROOT/val/<class>/...` (the existing split is kept);
+- manifest: a CSV or Parquet file with `path` and `label` columns (and an optional `split`
+  column, train|val); relative paths are relative to the manifest's folder;
+- CIFAR-10/100 python-version batches (see `pipelines.cifar`).
+Files that cannot be images (other extensions, not regular files) are returned as rejects,
+not dropped. Problems with the source as a whole are `UserError`s.
 """
 
 from __future__ import annotations
 
+import csv
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines import cifar
 from pipelines.errors import UserError
 from pipelines.images import IMAGE_EXTENSIONS
+
+SOURCE_TYPES = ("folder", "manifest", "cifar")
+MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
 @dataclass(frozen=True)
 class Item:
-    path: str
+    path: str  # a file path, or `BATCHFILE#INDEX` for a CIFAR image
     label_name: str
     split: str | None  # None: ingest assigns it from the image's id
 
 
 @dataclass(frozen=True)
 class Listing:
-    classes: list[str]  # sorted; the label of a class is its index here
+    classes: list[str]  # the label of a class is its index here (sorted, or the source's own order)
     items: list[Item]
     rejects: list[tuple[str, str]]  # (path, reason) found while listing
     has_splits: bool
 
 
+def read_source(path: str) -> bytes:
+    """The bytes of one item: the file's content, or a CIFAR image as PPM. Raises OSError."""
+    if cifar.is_ref(path):
+        return cifar.read_image(path)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        # A FIFO would block forever and a device could be endless: only regular files are read.
+        raise OSError(f"not a regular file: {path}")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def detect_source_type(source: str | Path) -> str:
+    """folder | manifest | cifar, from what is at `source`; UserError if nothing is there."""
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"source {path} does not exist")
+    if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        return "manifest"
+    if cifar.looks_like_cifar(path):
+        return "cifar"
+    if path.is_dir():
+        return "folder"
+    raise UserError(f"source {path} is a file that is neither a manifest ({', '.join(MANIFEST_SUFFIXES)}) "
+                    f"nor a CIFAR batch ({', '.join(cifar.TRAIN_NAMES + cifar.TEST_NAMES)}); use --source-type")
+
+
+def list_source(source: str | Path, source_type: str | None = None) -> Listing:
+    """Enumerate `source`, auto-detecting its type unless `source_type` forces one."""
+    if source_type is not None and source_type not in SOURCE_TYPES:
+        raise UserError(f"--source-type {source_type!r}: expected one of {', '.join(SOURCE_TYPES)}")
+    kind = source_type or detect_source_type(source)
+    return {"folder": list_image_folder, "manifest": list_manifest, "cifar": cifar.list_cifar}[kind](source)
+
+
 def _is_hidden(p: Path) -> bool:
     return p.name.startswith(".")
+
+
+def _file_problem(f: Path) -> str | None:
+    """Why `f` (a directory entry with an image extension) cannot be read, or None."""
+    try:
+        mode = os.stat(f).st_mode  # follows symlinks
+    except OSError as err:
+        return f"unreadable: {err.strerror or err}"  # e.g. a dangling symlink
+    if stat.S_ISDIR(mode):
+        return "unreadable: is a directory"
+    if not stat.S_ISREG(mode):
+        return "unreadable: not a regular file (FIFO, socket or device)"
+    return None
 
 
 def list_image_folder(root: str | Path) -> Listing:
@@ -50,19 +110,91 @@ def list_image_folder(root: str | Path) -> Listing:
         for class_dir in sorted(p for p in split_root.iterdir() if p.is_dir() and not _is_hidden(p)):
             classes.add(class_dir.name)
             found = 0
-            for f in sorted(class_dir.rglob("*")):
-                if f.is_dir() or _is_hidden(f):
-                    continue
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
-                    items.append(Item(str(f), class_dir.name, split))
-                    found += 1
-                else:
-                    rejects.append((str(f), f"not an image extension ({f.suffix or 'none'})"))
+            for dirpath, dirnames, filenames in os.walk(class_dir):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                entries = sorted(filenames) + [d for d in dirnames if Path(d).suffix.lower() in IMAGE_EXTENSIONS]
+                for name in entries:
+                    f = Path(dirpath) / name
+                    if _is_hidden(f):
+                        continue
+                    if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                        rejects.append((str(f), f"not an image extension: {f.suffix or 'none'}"))
+                    elif problem := _file_problem(f):
+                        rejects.append((str(f), problem))
+                    else:
+                        items.append(Item(str(f), class_dir.name, split))
+                        found += 1
             if not found:
-                rejects.append((str(class_dir), "class folder has no images"))
+                rejects.append((str(class_dir), "empty class folder: no images"))
     ordered = sorted(classes)
     if len(ordered) < 2:
         raise UserError(f"source {root}: found {len(ordered)} class folder(s); need at least 2 (ROOT/<class>/<image>)")
     if not items:
         raise UserError(f"source {root}: no images found (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     return Listing(ordered, items, rejects, has_splits)
+
+
+def _read_manifest(path: Path) -> dict[str, list]:
+    if path.suffix.lower() == ".csv":
+        try:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                columns = {name.strip(): [] for name in (reader.fieldnames or [])}
+                for row in reader:
+                    for key, value in row.items():
+                        if key is not None and key.strip() in columns:
+                            columns[key.strip()].append(value)
+                return columns
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise UserError(f"manifest {path}: unreadable CSV: {err}") from None
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pydict()
+    except Exception as err:  # ArrowInvalid, OSError
+        raise UserError(f"manifest {path}: unreadable Parquet: {err}") from None
+
+
+def _sort_key(name: str):
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
+def list_manifest(manifest: str | Path) -> Listing:
+    """A CSV/Parquet manifest with `path,label` (+ optional `split`) -> Listing.
+
+    Labels are class names (or integers, ordered numerically). A row naming a missing file is a
+    UserError naming the row, like a missing column: a manifest is a list the user wrote."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise UserError(f"manifest {manifest} does not exist" if not manifest.exists() else f"manifest {manifest} is not a file")
+    cols = _read_manifest(manifest)
+    for needed in ("path", "label"):
+        if needed not in cols:
+            raise UserError(f"manifest {manifest}: missing column {needed!r} (has: {', '.join(cols) or 'none'})")
+    splits = cols.get("split")
+    base = manifest.resolve().parent
+    items, rejects = [], []
+    first = 2 if manifest.suffix.lower() == ".csv" else 0  # CSV: line numbers a user sees (1 is the header)
+    for i, (p, label) in enumerate(zip(cols["path"], cols["label"])):
+        row = i + first
+        if p is None or str(p).strip() == "" or label is None or str(label).strip() == "":
+            raise UserError(f"manifest {manifest} row {row}: empty path or label")
+        f = Path(str(p).strip())
+        f = f if f.is_absolute() else base / f
+        if not os.path.lexists(f):
+            raise UserError(f"manifest {manifest} row {row}: file {f} does not exist")
+        split = None
+        if splits is not None:
+            split = str(splits[i] or "").strip() or None
+            if split not in (None, "train", "val"):
+                raise UserError(f"manifest {manifest} row {row}: split {split!r}; expected train or val")
+        if problem := _file_problem(f):
+            rejects.append((str(f), problem))
+        else:
+            items.append(Item(str(f), str(label).strip(), split))
+    classes = sorted({it.label_name for it in items} | {str(l).strip() for l in cols["label"]}, key=_sort_key)
+    if len(classes) < 2:
+        raise UserError(f"manifest {manifest}: {len(classes)} distinct label(s); need at least 2")
+    if not items:
+        raise UserError(f"manifest {manifest}: no readable images listed")
+    return Listing(classes, items, rejects, splits is not None)

@@ -1,7 +1,9 @@
 """Pixel statistics the training side needs: per-channel mean/std and the RGB PCA basis.
 
-Ingest workers return per-image moments (sum, sum of outer products, count); the driver adds
-them up and calls `finalize`. Exact, whatever the number of workers.
+Ingest workers return per-image moments (sum, sum of outer products, count) over every other
+pixel in each direction (a quarter of the pixels: the statistics of a 256 px image do not need
+65k samples, and the full product was ~10% of ingest time); the driver adds them up and calls
+`finalize`. The result does not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def moments(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """HxWx3 uint8 -> (sum of RGB (3,), sum of RGB outer products (3,3), pixel count), 0-1 scale."""
-    flat = pixels.reshape(-1, 3).astype(np.float64) / 255.0
+def moments(pixels: np.ndarray, stride: int = 2) -> tuple[np.ndarray, np.ndarray, int]:
+    """HxWx3 uint8 -> (sum of RGB (3,), sum of RGB outer products (3,3), pixel count), 0-1 scale,
+    over every `stride`-th pixel in each direction."""
+    flat = pixels[::stride, ::stride].reshape(-1, 3).astype(np.float64) / 255.0
     return flat.sum(axis=0), flat.T @ flat, flat.shape[0]
 
 

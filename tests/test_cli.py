@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from jobs.cli import COMMANDS, build_parser, main
+from jobs.cli import COMMANDS, build_parser
 
 
 def _alexnet(*args, timeout=120):

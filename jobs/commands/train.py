@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in WORKDIR)")
     p.add_argument("--experiment", default="alexnet", help="MLflow experiment name")
     p.add_argument("--run-name", help="Ray/MLflow run name; the same name resumes that run's checkpoints")
-    p.add_argument("--resume-from", help="start from this checkpoint directory")
+    p.add_argument("--resume-from", help="start from this checkpoint (a directory or storage URI) at its next epoch; "
+                                         "ignored when --run-name already has checkpoints of its own")
     p.add_argument("--trigger", default="manual", choices=("manual", "schedule", "new-data"),
                    help="why this run happened (an MLflow tag)")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow run tag (repeatable)")

@@ -1,0 +1,129 @@
+"""Training throughput of the full path against a plain PyTorch loop, in one run.
+
+Full path: Parquet -> Ray Data (decode + augment on CPU tasks) -> TorchTrainer (1 worker, then 2),
+as `alexnet train` runs it; images/s and the data-wait fraction are the worker's own per-epoch
+metrics (read back from MLflow), the median over epochs after the first.
+Baseline: the same model, optimiser and batch size in one process, on the same training images
+decoded and augmented once into memory beforehand (so it pays no decoding at all), using every core.
+Both run on the whole machine, so the ratio is also the per-core ratio.
+
+    .venv/bin/python benchmarks/train_bench.py [--images-per-class 120] [--epochs 4] [--out benchmarks/train_bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def plain_loop(cfg, info, epochs: int) -> float:
+    """Images/s of a single-process loop over pre-decoded uint8 tensors (epoch 0 is warm-up)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from alexnet import build_model
+    from alexnet.engine import train_one_epoch
+    from alexnet.schedules import scaled_lr
+    from alexnet.worker import make_optimizer
+    from pipelines.augment import TrainPreset, apply_preset
+
+    table = pq.read_table(info.shard_paths("train"), columns=["id", "image", "label"]).to_pydict()
+    preset = TrainPreset(crop=cfg.data.crop, eigval=tuple(info.pca_eigval), eigvec=tuple(map(tuple, info.pca_eigvec)),
+                         pca_std=cfg.data.pca_lighting, flip=cfg.data.flip)
+    batch = apply_preset({k: np.asarray(v, dtype=object) if k != "label" else np.asarray(v) for k, v in table.items()},
+                         preset=preset, seed=cfg.data.seed)
+    images, labels = torch.from_numpy(batch["image"]), torch.from_numpy(batch["label"])
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = build_model(cfg.model.arch, info.num_classes, dropout=cfg.model.dropout)
+    opt = make_optimizer(model.parameters(), cfg, scaled_lr(cfg.optim.lr, cfg.optim.batch_size))
+    mean = torch.tensor(info.pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(info.pixel_std).view(1, 3, 1, 1)
+    b = cfg.optim.batch_size
+    rates = []
+    for epoch in range(epochs):
+        order = torch.randperm(len(labels))
+        batches = [{"image": images[order[i:i + b]], "label": labels[order[i:i + b]]}
+                   for i in range(0, len(labels) - b + 1, b)]
+        out = train_one_epoch(model, opt, batches, torch.device("cpu"), mean=mean, std=std, epoch=epoch)
+        rates.append(out["images"] / out["seconds"])
+    return statistics.median(rates[1:]) if len(rates) > 1 else rates[0]
+
+
+def pipeline(cfg, info, workers: int, work: Path) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    from alexnet.config import load_config
+    from alexnet.trainer import fit
+
+    cfg = load_config("demo", [f"data.path={info.path}", f"optim.epochs={cfg.optim.epochs}",
+                               f"run.num_workers={workers}", "run.keep_checkpoints=1"])
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("bench") or client.get_experiment(client.create_experiment("bench"))
+    run_id = client.create_run(exp.experiment_id).info.run_id
+    t = time.perf_counter()
+    fit(cfg, info, run_name=f"bench-{workers}w", storage=str(work / "runs"), tracking_uri=uri, run_id=run_id)
+    wall = time.perf_counter() - t
+    hist = {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
+            for k in ("throughput/images_per_s", "throughput/data_wait_fraction", "time/epoch_s")}
+    steady = lambda xs: statistics.median(xs[1:]) if len(xs) > 1 else xs[0]  # noqa: E731
+    return {"workers": workers, "images_per_s": steady(hist["throughput/images_per_s"]),
+            "data_wait_fraction": steady(hist["throughput/data_wait_fraction"]),
+            "epoch_s": steady(hist["time/epoch_s"]), "fit_wall_s": wall, "per_epoch": hist}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images-per-class", type=int, default=120)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--out", default=str(Path(__file__).with_name("train_bench.json")))
+    args = ap.parse_args()
+    import ray
+
+    from alexnet.config import load_config
+    from alexnet.trainer import check_inputs
+    from pipelines.ingest import IngestOptions, ingest
+    from pipelines.synthetic import write_demo_images
+
+    work = Path(tempfile.mkdtemp(prefix="train-bench-"))
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    src = write_demo_images(work / "src", per_class=args.images_per_class, size=72, seed=0)
+    ingest(src, work / "ds", IngestOptions(resize=72, val_fraction=0.2))
+    cfg = load_config("demo", [f"data.path={work / 'ds'}", f"optim.epochs={args.epochs}"])
+    info = check_inputs(cfg)
+    runs = [pipeline(cfg, info, w, work) for w in (1, 2)]
+    base = plain_loop(cfg, info, args.epochs)
+    ray.shutdown()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    result = {
+        "machine": {"cores": os.cpu_count(), "cpu": cpu, "load_avg_1m": os.getloadavg()[0]},
+        "recipe": "demo", "crop": cfg.data.crop, "batch_size": cfg.optim.batch_size,
+        "train_images": info.split_size("train"), "epochs": args.epochs,
+        "plain_loop_images_per_s": base,
+        "pipeline": runs,
+        "ratio_1_worker": runs[0]["images_per_s"] / base,
+        "ratio_2_workers": runs[1]["images_per_s"] / base,
+        "scaling_2_over_1": runs[1]["images_per_s"] / runs[0]["images_per_s"],
+        "goal": "ratio_1_worker >= 0.95 (per core: both use the whole machine)",
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "pipeline"}, indent=2))
+    for r in runs:
+        print(f"{r['workers']} worker(s): {r['images_per_s']:.1f} img/s, data wait {r['data_wait_fraction']:.0%}, "
+              f"epoch {r['epoch_s']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""`alexnet evaluate`: top-1/top-5 of a model on a dataset's val split, logged to MLflow.
+
+The results go into a new MLflow run tagged `evaluation` (experiment `alexnet-evaluation`),
+or into an existing run with --log-to RUN_ID, or nowhere with --no-log. The last line printed
+is machine-readable: EVAL {"top1": ..., "top5": ..., "images": ..., ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    from jobs.runtime import add_store_options
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 of a model on a dataset's val split",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="models:/alexnet@champion", help="MLflow model URI (default: models:/alexnet@champion)")
+    p.add_argument("--data", required=True, help="dataset directory written by `alexnet ingest`")
+    p.add_argument("--ten-crop", action="store_true", help="average the logits of 10 crops (corners, centre, mirrored)")
+    p.add_argument("--concurrency", type=int, help="model actors (default: one per GPU, else 1)")
+    log = p.add_mutually_exclusive_group()
+    log.add_argument("--log-to", metavar="RUN_ID", help="log the results into this existing MLflow run")
+    log.add_argument("--no-log", action="store_true", help="only print the results")
+    p.add_argument("--experiment", default="alexnet-evaluation", help="experiment of the new evaluation run")
+    add_store_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from alexnet.tracking import client_for
+
+    from alexnet.predict import evaluate, load_model
+    from alexnet.tracking import log_params, tracked_run
+    from jobs.runtime import existing_store, ray_session
+    from jobs.training import new_run_name
+    from pipelines.dataset import open_dataset
+
+    tracking_uri = existing_store(args)
+    info = open_dataset(args.data)
+    model = load_model(args.model, tracking_uri)
+    with ray_session():
+        s, _, _ = evaluate(model, info, ten_crop=args.ten_crop, concurrency=args.concurrency)
+    metrics = {"eval/top1": s.top1, "eval/top5": s.top5, "eval/images": s.images}
+    result = {"top1": s.top1, "top5": s.top5, "images": s.images, "model": args.model,
+              "dataset_version": info.version, "ten_crop": args.ten_crop}
+    print(f"{args.model} on {info.path} (val, {s.images} images{', 10-crop' if args.ten_crop else ''}): "
+          f"top-1 {s.top1:.4f}  top-5 {s.top5:.4f}")
+    if args.log_to:
+        client_for(tracking_uri).get_run(args.log_to)  # a wrong id fails here, clearly
+        for key, value in metrics.items():
+            client_for(tracking_uri).log_metric(args.log_to, key, value)
+        result["run_id"] = args.log_to
+    elif not args.no_log:
+        with tracked_run(tracking_uri, experiment=args.experiment, run_name=new_run_name("eval"),
+                         tags={"evaluation": "true", "trigger": "manual"}) as run_id:
+            log_params(tracking_uri, run_id, {"model": args.model, "dataset.path": info.path,
+                                              "dataset.version": info.version, "ten_crop": args.ten_crop})
+            for key, value in metrics.items():
+                client_for(tracking_uri).log_metric(run_id, key, value)
+        result["run_id"] = run_id
+    print("EVAL " + json.dumps(result), flush=True)
+    return 0

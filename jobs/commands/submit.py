@@ -1,0 +1,88 @@
+"""`alexnet submit COMMAND [options] -- ARGS`: run a project command as a Ray job on a cluster.
+
+ARGS after `--` go to `python -m jobs.cli COMMAND` unchanged, e.g.
+  alexnet submit train --address http://HEAD:8265 --recipe smoke --wait -- --data /mnt/data/shapes
+The project directory is uploaded as the job's working_dir; MLFLOW_* and AWS_* variables set here
+travel in the job's runtime env (secrets shown as ***). With --wait the log streams here and the
+exit code is the job's: SUCCEEDED 0, FAILED 1, STOPPED 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _options(p) -> None:
+    p.add_argument("--address", help="job server, http://HEAD:8265 (default: $RAY_ADDRESS)")
+    p.add_argument("--recipe", help="train only: shipped recipe name or a YAML file under the project directory")
+    p.add_argument("--run-name", help="train only: Ray/MLflow run name (default: train-<time>)")
+    p.add_argument("--trigger", choices=("manual", "schedule", "new-data"), help="train only: why (an MLflow tag; default manual)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="train only: extra MLflow run tag (repeatable)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment variable for the job (repeatable)")
+    p.add_argument("--pip", action="append", default=[], metavar="REQ", help="extra pip requirement for this job (repeatable)")
+    p.add_argument("--submission-id", help="job id (default: alexnet-COMMAND-RUNNAME-<hash>); an existing id is refused")
+    p.add_argument("--wait", action="store_true", help="stream the log and exit with the job's outcome")
+
+
+def add_parser(sub) -> None:
+    from jobs.submit import COMMANDS
+
+    p = sub.add_parser("submit", help="submit train/ingest/predict/evaluate as a job to a Ray cluster",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _options(p)
+    p.add_argument("job", choices=COMMANDS, help="the project command the job runs")
+    # argparse cannot mix subcommands with `--`; the options after COMMAND are parsed in run().
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="[options] -- the arguments of the command")
+    p.set_defaults(func=run)
+
+
+def split_rest(args) -> list[str]:
+    """Parse submit options given after COMMAND into args; return what follows `--`."""
+    rest = list(args.rest)
+    inner = argparse.ArgumentParser(prog=f"alexnet submit {args.job}")
+    _options(inner)
+    if "--" in rest:
+        cut = rest.index("--")
+        inner.parse_args(rest[:cut], namespace=args)
+        return rest[cut + 1:]
+    # argparse already dropped a `--` that came right after COMMAND: all of rest is passthrough
+    # unless it starts with our own options.
+    _, passthrough = inner.parse_known_args(rest, namespace=args)
+    return passthrough
+
+
+def pairs(items: list[str], option: str) -> dict:
+    from pipelines.errors import UserError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{option} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def run(args) -> int:
+    from jobs import submit as js
+    from pipelines.errors import UserError
+
+    rest = split_rest(args)
+    spec = js.build_spec(args.job, rest, recipe=args.recipe, run_name=args.run_name, trigger=args.trigger,
+                         tags=pairs(args.tag, "--tag"), env=pairs(args.env, "--env"), pip=args.pip,
+                         submission_id=args.submission_id)
+    client = js.connect(args.address)
+    print(js.describe(spec, js.resolve_address(args.address)), flush=True)
+    try:
+        job_id = js.submit(client, spec)
+    except js.JobExists:
+        raise UserError(f"--submission-id {spec.submission_id}: a job with this id already exists") from None
+    print(f"submitted {job_id}; follow with: alexnet jobs logs {job_id} --follow", flush=True)
+    if not args.wait:
+        return 0
+    js.follow_logs(client, job_id)
+    status = js.wait_terminal(client, job_id)
+    line = js.outcome_line(client, job_id, status)
+    print(line, file=sys.stderr if status != "SUCCEEDED" else sys.stdout)
+    return js.EXIT_CODES.get(status, 1)

@@ -1,0 +1,64 @@
+"""`alexnet ui`: the MLflow UI on 127.0.0.1 for a work directory's store (or any tracking URI).
+
+Starts `mlflow ui` against the store and prints its address; Ctrl-C stops it. With an
+http(s) tracking URI the server already is the UI: its address is printed and nothing starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    from jobs.runtime import add_store_options
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the tracking store",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_store_options(p)
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    p.set_defaults(func=run)
+
+
+def ui_command(tracking_uri: str, port: int) -> list[str]:
+    import sys
+    from pathlib import Path
+
+    mlflow = Path(sys.executable).with_name("mlflow")
+    return [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", tracking_uri,
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
+def run(args) -> int:
+    import os
+    import signal
+    import subprocess
+
+    from alexnet.tracking import redact
+    from jobs.runtime import existing_store
+    from pipelines.errors import UserError
+
+    tracking_uri = existing_store(args)
+    if tracking_uri.startswith(("http://", "https://")):
+        print(f"MLflow UI: {redact('uri', tracking_uri)} (the tracking server serves it)")
+        return 0
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: expected 1-65535")
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {tracking_uri}; Ctrl-C stops it)", flush=True)
+    # Its own process group: the server's workers are stopped with it, Ctrl-C or SIGTERM alike.
+    proc = subprocess.Popen(ui_command(tracking_uri, args.port), start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt

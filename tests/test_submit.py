@@ -1,0 +1,113 @@
+"""`alexnet submit` and `alexnet jobs` against a real Ray head started with `ray start` in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs import submit as js
+from jobs.cli import main
+from conftest import free_port
+from pipelines.errors import UserError
+
+def test_no_address_and_no_ray_address_is_an_error(monkeypatch, capsys):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["submit", "ingest", "--", "a", "b"]) == 2
+    assert "RAY_ADDRESS" in capsys.readouterr().err
+
+
+def test_unreachable_address_is_one_clear_line(capsys):
+    address = f"http://127.0.0.1:{free_port()}"
+    assert main(["jobs", "list", "--address", address]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot reach a Ray job server" in err and address in err and len(err.splitlines()) == 1
+
+
+def test_spec_carries_env_and_run_identity_but_prints_secrets_redacted():
+    environ = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_PASSWORD": "hunter2",
+               "AWS_SECRET_ACCESS_KEY": "s3cr3t", "UNRELATED": "x"}
+    spec = js.build_spec("train", ["--data", "/d"], recipe="smoke", run_name="nightly-1", trigger="schedule",
+                         tags={"schedule": "nightly"}, environ=environ)
+    assert spec.entrypoint.startswith("python -m jobs.cli train --recipe smoke --data /d --run-name nightly-1")
+    assert "--trigger schedule --tag schedule=nightly" in spec.entrypoint
+    env = spec.runtime_env()["env_vars"]
+    assert env["MLFLOW_TRACKING_PASSWORD"] == "hunter2" and "UNRELATED" not in env
+    assert env["RAY_JOB_SUBMISSION_ID"] == spec.submission_id and spec.submission_id.startswith("alexnet-train-nightly-1-")
+    text = js.describe(spec, "http://h:8265")
+    assert "hunter2" not in text and "s3cr3t" not in text and "MLFLOW_TRACKING_PASSWORD=***" in text
+    assert {"user", "command", "config_hash", "git_commit"} <= set(spec.metadata)
+    assert ".venv" in spec.runtime_env()["excludes"] and Path(spec.runtime_env()["working_dir"], "jobs").is_dir()
+
+
+def test_train_only_options_and_outside_recipes_are_refused(tmp_path):
+    with pytest.raises(UserError, match="train only"):
+        js.build_spec("ingest", ["a", "b"], run_name="x")
+    outside = tmp_path / "r.yaml"
+    outside.write_text("optim: {epochs: 1}\n")
+    with pytest.raises(UserError, match="outside"):
+        js.build_spec("train", [], recipe=str(outside))
+
+
+def test_ingest_job_succeeds_and_its_logs_and_status_are_readable(ray_head, png_source, tmp_path, capsys):
+    dest = tmp_path / "ds"
+    sid = f"test-ingest-{os.getpid()}"
+    rc = main(["submit", "ingest", "--address", ray_head, "--submission-id", sid, "--wait", "--",
+               str(png_source), str(dest), "--resize", "72", "--format", "png", "--val-fraction", "0.34"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert (dest / "dataset.json").is_file()
+    assert f"job {sid} SUCCEEDED" in out
+    assert main(["jobs", "logs", sid, "--address", ray_head]) == 0
+    assert "version" in capsys.readouterr().out
+    assert main(["jobs", "status", sid, "--address", ray_head]) == 0
+    status = capsys.readouterr().out
+    assert "SUCCEEDED" in status and "command: ingest" in status
+    assert main(["jobs", "list", "--address", ray_head]) == 0 and sid in capsys.readouterr().out
+    # the same id again is refused, not run twice
+    assert main(["submit", "ingest", "--address", ray_head, "--submission-id", sid, "--", "a", "b"]) == 2
+
+
+def test_failing_job_reports_failed_and_exits_nonzero(ray_head, tmp_path, capsys):
+    rc = main(["submit", "ingest", "--address", ray_head, "--wait", "--", str(tmp_path / "missing"), str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "FAILED" in err
+
+
+def test_stop_stops_a_running_job(ray_head, capsys):
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(ray_head)
+    sid = client.submit_job(entrypoint="python -c 'import time; time.sleep(300)'")
+    deadline = time.monotonic() + 60
+    while js.job_status(client, sid) != "RUNNING":
+        assert time.monotonic() < deadline, "job never started"
+        time.sleep(0.5)
+    assert main(["jobs", "stop", sid, "--address", ray_head]) == 0
+    assert "STOPPED" in capsys.readouterr().out
+    assert main(["jobs", "status", sid, "--address", ray_head]) == js.EXIT_CODES["STOPPED"]
+    assert main(["jobs", "stop", sid, "--address", ray_head]) == 2  # already stopped: one clear line
+
+
+@pytest.mark.slow
+def test_train_job_logs_an_mlflow_run_with_its_run_name(ray_head, png_source, tmp_path, capsys):
+    import mlflow
+
+    dest = tmp_path / "ds"
+    assert main(["submit", "ingest", "--address", ray_head, "--wait", "--", str(png_source), str(dest),
+                 "--resize", "72", "--format", "png", "--val-fraction", "0.34"]) == 0
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_name = f"submit-test-{os.getpid()}"
+    rc = main(["submit", "train", "--address", ray_head, "--recipe", "smoke", "--run-name", run_name,
+               "--tag", "origin=test", "--wait", "--", "--data", str(dest), "--set", "optim.epochs=1",
+               "--set", "optim.batch_size=4",
+               "--tracking-uri", uri, "--workdir", str(tmp_path / "work")])
+    assert rc == 0, capsys.readouterr().out[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, filter_string=f"tags.mlflow.runName = '{run_name}'")
+    assert len(runs) == 1
+    tags = runs[0].data.tags
+    assert tags["trigger"] == "manual" and tags["origin"] == "test" and tags.get("ray.job_submission_id", "").startswith("alexnet-train-")

@@ -1,0 +1,180 @@
+"""Tracking: params are safe to log, runs always end and resume by name, an outage of a real
+`mlflow server` does not lose metrics, and a real training run's MLflow story (http and sqlite)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from alexnet.tracking import MAX_PARAM_LENGTH, MetricLogger, flatten_params, is_local_store, redact, tracked_run
+from jobs.training import check_tracking_store
+from pipelines.errors import UserError
+from tests.mlflow_helpers import MlflowServer, free_port, train_args, train_cli, trained_sqlite
+
+
+def client(uri: str) -> MlflowClient:
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def test_secrets_are_redacted_and_long_values_cut():
+    flat = flatten_params({"data": {"path": "s3://ak:sk@bucket/x", "token": "abc"}, "db_password": "pw",
+                           "note": "x" * (MAX_PARAM_LENGTH + 50), "uri": "http://u:p@host:5000/a"})
+    assert flat["data.path"] == "s3://***@bucket/x" and flat["data.token"] == "***"
+    assert flat["db_password"] == "***" and flat["uri"] == "http://***@host:5000/a"
+    assert len(flat["note"]) <= MAX_PARAM_LENGTH and flat["note"].endswith(f"[{MAX_PARAM_LENGTH + 50} chars]")
+    assert redact("run.name", "plain") == "plain"
+
+
+def test_local_store_with_a_multi_node_cluster_is_a_user_error():
+    assert is_local_store("sqlite:////w/mlflow.db") and is_local_store("file:///w/mlruns") and is_local_store("mlruns")
+    assert not is_local_store("http://mlflow:5000")
+    check_tracking_store("sqlite:////w/mlflow.db", nodes=1)
+    check_tracking_store("https://mlflow.example", nodes=4)
+    with pytest.raises(UserError, match="local file store.*3 nodes.*--tracking-uri http"):
+        check_tracking_store("sqlite:////w/mlflow.db", nodes=3)
+
+
+def test_tracked_run_ends_failed_or_killed_and_resumes_by_name(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ValueError):
+        with tracked_run(uri, experiment="e", run_name="crashy") as crashed:
+            raise ValueError("boom")
+    assert client(uri).get_run(crashed).info.status == "FAILED"
+    with pytest.raises(KeyboardInterrupt):
+        with tracked_run(uri, experiment="e", run_name="stopped") as stopped:
+            raise KeyboardInterrupt
+    assert client(uri).get_run(stopped).info.status == "KILLED"
+    with tracked_run(uri, experiment="e", run_name="crashy", tags={"trigger": "manual"}) as again:
+        assert client(uri).get_run(again).info.status == "RUNNING"
+    assert again == crashed
+    run = client(uri).get_run(again)
+    assert run.info.status == "FINISHED" and run.data.tags["resumes"] == "1"
+    exp = client(uri).get_experiment_by_name("e")
+    assert len(client(uri).search_runs([exp.experiment_id])) == 2
+
+
+def test_unreachable_tracking_server_fails_clearly_before_training(monkeypatch):
+    from alexnet.tracking import TrackingUnavailable
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with pytest.raises(TrackingUnavailable, match="did not answer"):
+        with tracked_run(f"http://127.0.0.1:{free_port()}", experiment="e", run_name="r"):
+            pass
+
+
+@pytest.mark.slow
+def test_metrics_survive_a_server_outage_and_are_backfilled(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # what jobs.runtime sets, stricter
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        c = client(server.uri)
+        run_id = c.create_run(c.create_experiment("outage")).info.run_id
+        logger = MetricLogger(server.uri, run_id)
+        assert logger.log({"train/loss": 2.0, "val/top1": 0.1}, step=0)
+        server.stop()
+        assert not logger.log({"train/loss": 1.5, "val/top1": 0.2}, step=1)
+        assert not logger.log({"train/loss": 1.2, "val/top1": 0.3}, step=2)
+        err = capsys.readouterr().err
+        assert err.count("MLflow unreachable") == 1 and "training continues" in err
+        server.start()  # same port, same sqlite backend
+        assert logger.log({"train/loss": 1.0, "val/top1": 0.4}, step=3)
+        assert "back-filled" in capsys.readouterr().err and not logger.pending
+        for key, values in {"train/loss": [2.0, 1.5, 1.2, 1.0], "val/top1": [0.1, 0.2, 0.3, 0.4]}.items():
+            history = sorted((m.step, m.value) for m in c.get_metric_history(run_id, key))
+            assert history == list(enumerate(values)), key
+    finally:
+        server.stop()
+
+
+EPOCH_METRICS = ("train/loss", "val/loss", "val/top1", "val/top5", "lr", "throughput/images_per_s",
+                 "throughput/data_wait_fraction")
+RUN_ARTIFACTS = ("config.yaml", "class_index.json", "eval/confusion_matrix.png", "eval/per_class_accuracy.csv",
+                 "samples/train_augmented.png")
+
+
+def _artifacts(c: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for a in c.list_artifacts(run_id, path):
+        found |= _artifacts(c, run_id, a.path) if a.is_dir else {a.path}
+    return found
+
+
+def assert_tracked_run(uri: str, run_id: str, dataset, epochs: int, version: str) -> None:
+    """What a user sees in MLflow after `alexnet train`: params, per-epoch metrics, artifacts,
+    a registered version that loads and predicts."""
+    import numpy as np
+    import torch
+
+    from alexnet.predict import load_model
+    from pipelines.dataset import open_dataset
+
+    c = client(uri)
+    run = c.get_run(run_id)
+    info = open_dataset(dataset)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["dataset.version"] == info.version and params["dataset.num_classes"] == "6"
+    assert params["model.arch"] == "torchvision" and params["run.num_workers"] == "1"
+    assert params["data.path"] == str(dataset) and params["cluster.gpus"] == "0"
+    assert {"version.torch", "version.ray", "version.mlflow", "optim.lr", "data.crop"} <= set(params)
+    assert run.data.tags["trigger"] == "manual" and run.data.tags["ray.run_name"] == run.info.run_name
+    for key in EPOCH_METRICS:
+        assert sorted(m.step for m in c.get_metric_history(run_id, key)) == list(range(epochs)), key
+    assert set(RUN_ARTIFACTS) <= _artifacts(c, run_id)
+    assert c.get_model_version("alexnet", version).run_id == run_id
+    model = load_model(f"models:/alexnet/{version}", uri)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.zeros((3, 3, 64, 64), dtype=np.uint8)))
+    assert logits.shape == (3, 6) and model.classes == info.classes
+
+
+def report_classes(dataset) -> list[str]:
+    from pipelines.dataset import open_dataset
+
+    return open_dataset(dataset).classes
+
+
+@pytest.mark.slow
+def test_training_run_tracked_on_a_real_mlflow_server(ray_local, shapes_dataset, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from alexnet.config import load_config
+    from alexnet.predict import load_model
+    from jobs.training import run_training
+
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        cfg = load_config("smoke", [f"data.path={shapes_dataset}", "optim.epochs=1", "optim.batch_size=16"])
+        report = run_training(cfg, tracking_uri=server.uri, storage=str(tmp_path / "runs"), run_name="http-run",
+                              tags={"token": "s3cr3t"})
+        assert report.alias == "champion" and report.registered == "models:/alexnet/1"
+        assert_tracked_run(server.uri, report.run_id, shapes_dataset, epochs=1, version="1")
+        assert str(client(server.uri).get_model_version_by_alias("alexnet", "champion").version) == "1"
+        assert load_model("models:/alexnet@champion", server.uri).classes == report_classes(shapes_dataset)
+        assert client(server.uri).get_run(report.run_id).data.tags["token"] == "***"
+        assert "MLFLOW_TRACKING_URI" not in os.environ  # the driver did not leave its store behind
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_sqlite_run_is_tracked_and_rerunning_its_name_continues_the_same_run(ray_local, shapes_dataset,
+                                                                            tmp_path_factory, capsys):
+    trained = trained_sqlite(tmp_path_factory, shapes_dataset)
+    c = client(trained["uri"])
+    if len(c.get_metric_history(trained["run_id"], "val/top1")) == 2:  # not yet resumed in this session
+        assert_tracked_run(trained["uri"], trained["run_id"], shapes_dataset, epochs=2, version="1")
+    # Same run name, one more epoch: Ray resumes the checkpoints, MLflow the run.
+    assert train_cli(train_args(shapes_dataset, trained["workdir"], "first-run", "--set", "optim.epochs=3")) == 0
+    assert f"MLflow run id: {trained['run_id']}" in capsys.readouterr().out
+    exp = c.get_experiment_by_name("alexnet")
+    assert len(c.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'first-run'")) == 1
+    run = c.get_run(trained["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["resumes"] == "1"
+    assert run.data.tags["resumed_from_epoch"] == "1"  # Ray resumed its epoch-1 checkpoint
+    assert run.data.params["optim.epochs"] == "2"  # MLflow params are immutable: the first value stays
+    for key in EPOCH_METRICS:
+        assert sorted(m.step for m in c.get_metric_history(trained["run_id"], key)) == [0, 1, 2], key

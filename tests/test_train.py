@@ -1,0 +1,124 @@
+"""Training end to end with real Ray workers: checkpoints, resume, divergence, killed processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from alexnet import checkpoint
+from alexnet.config import load_config
+from alexnet.trainer import TrainingError, check_inputs, fit
+
+pytestmark = pytest.mark.slow
+
+TINY = ["optim.batch_size=16", "run.keep_checkpoints=1"]
+
+
+def _mlflow_run(tmp_path: Path) -> tuple[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("t")
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment("t")
+    return uri, client.create_run(exp_id).info.run_id
+
+
+def _fit(shapes_dataset, tmp_path, run_name, *overrides, **kw):
+    cfg = load_config("smoke", [f"data.path={shapes_dataset}", *TINY, *overrides])
+    uri, run_id = kw.pop("mlflow", None) or _mlflow_run(tmp_path)
+    return fit(cfg, check_inputs(cfg), run_name=run_name, storage=str(tmp_path / "runs"), tracking_uri=uri,
+               run_id=run_id, **kw)
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(p for p in run_dir.glob("checkpoint_*") if (p / checkpoint.META_FILE).is_file())
+
+
+def test_two_workers_checkpoint_every_epoch_then_the_same_run_name_resumes_and_nan_stops_it(shapes_dataset, tmp_path):
+    first = _fit(shapes_dataset, tmp_path, "r", "run.num_workers=2", "optim.epochs=1")
+    assert first.epochs == 1 and first.resumed_from_epoch is None
+    state = checkpoint.load(first.latest_checkpoint)
+    assert {"model", "optimizer", "plateau", "scaler", "epoch", "config", "dataset_version"} <= set(state)
+    assert state["config"]["run"]["num_workers"] == 2 and state["epoch"] == 0
+
+    again = _fit(shapes_dataset, tmp_path, "r", "run.num_workers=1", "optim.epochs=2")
+    assert again.resumed_from_epoch == 0 and again.epochs == 2  # continued at epoch 1, not 0
+    kept = _checkpoints(tmp_path / "runs" / "r")
+    assert 1 <= len(kept) <= 2  # best 1 by val top-1, plus the latest
+    assert checkpoint.read_meta(again.latest_checkpoint)["epoch"] == 1
+
+    with pytest.raises(TrainingError, match=r"diverged: .*NaN or inf at epoch 2, step \d+"):
+        _fit(shapes_dataset, tmp_path, "r", "optim.epochs=3", "optim.lr=1e38")
+    assert checkpoint.find_latest(str(tmp_path / "runs"), "r")[1] == 1  # the last good one, intact
+    good = checkpoint.load(again.latest_checkpoint)
+    assert all(t.isfinite().all() for t in good["model"].values())
+
+
+def _train_worker_pids() -> list[int]:
+    pids = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "RayTrainWorker" in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            pids.append(proc.pid)
+    return pids
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_killed_train_worker_restarts_from_the_last_checkpoint(shapes_dataset, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    mlflow = _mlflow_run(tmp_path)
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(out=_fit(
+        shapes_dataset, tmp_path, "ft", "optim.epochs=4", "run.max_failures=1", mlflow=mlflow)))
+    thread.start()
+    _wait_for(lambda: checkpoint.find_latest(str(tmp_path / "runs"), "ft"), 300, "the first complete checkpoint")
+    victims = _wait_for(_train_worker_pids, 60, "a RayTrainWorker process")
+    os.kill(victims[0], signal.SIGKILL)
+    thread.join(600)
+    assert not thread.is_alive() and "out" in box
+    assert box["out"].epochs == 4
+    history = MlflowClient(mlflow[0]).get_metric_history(mlflow[1], "val/top1")
+    steps = sorted(m.step for m in history)
+    assert set(steps) == {0, 1, 2, 3} and steps.count(0) == 1  # restarted from a checkpoint, not from scratch
+
+
+def test_a_killed_driver_rerun_with_the_same_run_name_continues_at_the_next_epoch(shapes_dataset, tmp_path):
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "jobs.cli", "train", "--data", str(shapes_dataset), "--workdir", str(work),
+           "--run-name", "X", *[a for o in TINY + ["optim.epochs=3"] for a in ("--set", o)]]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        _wait_for(lambda: checkpoint.find_latest(str(work / "runs"), "X") or driver.poll() is not None, 300,
+                  "a complete checkpoint")
+        assert driver.poll() is None, "the first run ended before it could be killed"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    done = checkpoint.find_latest(str(work / "runs"), "X")[1]
+    assert done < 2
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming run X from its checkpoint at epoch {done}" in rerun.stdout
+    assert "after 3 epochs" in rerun.stdout
