@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from alexnet.tracking import using_store
 from jobs.cli import main
 from pipelines.dataset import SCHEMA, open_dataset
 
@@ -57,8 +58,8 @@ def test_demo_run_is_tracked_with_params_metrics_and_a_loadable_model(demo_workd
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == [0, 1], key
 
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model("models:/alexnet/1")
+    with using_store(uri):  # not mlflow.set_tracking_uri: it leaks MLFLOW_TRACKING_URI into later tests
+        model = mlflow.pytorch.load_model("models:/alexnet/1")
     images = torch.from_numpy(np.zeros((3, 3, 64, 64), dtype=np.uint8))
     with torch.no_grad():
         assert model(images).shape == (3, 6)

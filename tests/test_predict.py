@@ -90,7 +90,9 @@ def test_predict_unknown_model_is_a_user_error(trained, tmp_path, capsys):
 def test_evaluate_prints_eval_line_and_logs_an_evaluation_run(trained, capsys):
     from mlflow.tracking import MlflowClient
 
-    assert main(["evaluate", "--data", str(trained["dataset"]), "--workdir", str(trained["workdir"])]) == 0
+    metric_file = trained["workdir"] / "metrics" / "champion.json"
+    assert main(["evaluate", "--data", str(trained["dataset"]), "--workdir", str(trained["workdir"]),
+                 "--metric-file", str(metric_file)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("EVAL ")
     result = json.loads(last[5:])
@@ -104,6 +106,16 @@ def test_evaluate_prints_eval_line_and_logs_an_evaluation_run(trained, capsys):
     run = client.get_run(result["run_id"])
     assert run.data.tags["evaluation"] == "true" and run.info.status == "FINISHED"
     assert run.data.metrics["eval/top1"] == pytest.approx(result["top1"])
+    # The file a schedule's metric-below trigger reads (jobs.schedule_state.read_metric).
+    from jobs import schedule as sch
+    from jobs.schedule_state import read_metric
+
+    schedule = sch.parse_schedule({"name": "drift", "cron": "0 6 * * *", "job": {"command": "train", "data": "/d"},
+                                   "trigger": {"kind": "metric-below", "metric_file": str(metric_file),
+                                               "metric": "val/top1", "threshold": 2.0}}, "test")
+    value, why = read_metric(schedule, sch.ScheduleState())
+    assert value == pytest.approx(result["top1"]), why
+    assert json.loads(metric_file.read_text())["metrics"]["val/top1"] == pytest.approx(result["top1"])
 
 
 def test_evaluate_ten_crop(trained, capsys):

@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
     log.add_argument("--log-to", metavar="RUN_ID", help="log the results into this existing MLflow run")
     log.add_argument("--no-log", action="store_true", help="only print the results")
     p.add_argument("--experiment", default="alexnet-evaluation", help="experiment of the new evaluation run")
+    p.add_argument("--metric-file", help="also write the results as JSON here (atomically), e.g. for a schedule's "
+                                         "metric-below trigger: {\"metrics\": {\"val/top1\": ..., \"val/top5\": ...}, ...}")
     add_store_options(p)
     p.set_defaults(func=run)
 
@@ -61,5 +63,20 @@ def run(args) -> int:
             for key, value in metrics.items():
                 client_for(tracking_uri).log_metric(run_id, key, value)
         result["run_id"] = run_id
+    if args.metric_file:
+        write_metric_file(args.metric_file, {**result, "metrics": {"val/top1": s.top1, "val/top5": s.top5}})
     print("EVAL " + json.dumps(result), flush=True)
     return 0
+
+
+def write_metric_file(path: str, payload: dict) -> None:
+    """Temp file + rename: the scheduler never reads a half-written file."""
+    import json
+    import os
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, target)
