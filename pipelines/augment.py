@@ -189,17 +189,6 @@ def apply_preset(batch: dict, *, preset, seed: int | None, epoch: int = 0, clock
     return out
 
 
-def normalize(images, mean, std):
-    """uint8 (..., 3, H, W) torch tensor -> float32, (x/255 - mean) / std per channel, on the
-    tensor's own device (so call it after the uint8 host-to-device copy). mean/std: 3 floats."""
-    import torch
-
-    shape = (3, 1, 1)
-    m = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(shape)
-    s = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(shape)
-    return images.float().div_(255.0).sub_(m).div_(s)
-
-
 _warned_cpu_decode = False
 
 

@@ -56,14 +56,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def ray_head():
-    """A real Ray head with the job server on loopback. Stopped by ending our own `ray start
-    --block` and then only the processes whose command line names our temp dir (never `ray stop`,
-    which would stop every Ray on the machine)."""
-    import psutil
-
-    temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # short: Ray's socket paths have a length limit
+def _start_ray_head(temp: str) -> tuple[subprocess.Popen, str]:
+    """`ray start --head --block` on fresh loopback ports; returns (process, job-server address), or
+    raises with the tail of Ray's own output so a failure on a CI machine can be diagnosed."""
     dash = free_port()
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
@@ -72,25 +67,54 @@ def ray_head():
            f"--temp-dir={temp}", "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
            f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
            f"--metrics-export-port={free_port()}"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = Path(temp) / "ray-start.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 150  # a loaded 2-core CI machine can take well over a minute
     while True:
         try:
             urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
-            break
+            return proc, address
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray start did not bring up a job server at {address}")
+                break
             time.sleep(0.5)
-    yield address
+    _stop_ours(temp, proc)
+    tails = [f"--- {f}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-25:])
+             for f in [log, *Path(temp).glob("session_*/logs/dashboard.log")] if f.is_file()]
+    raise RuntimeError(f"ray start did not bring up a job server at {address} "
+                       f"(exit {proc.poll()})\n" + "\n".join(tails))
+
+
+def _stop_ours(temp: str, proc: subprocess.Popen) -> None:
+    """End our `ray start` and only the processes whose command line names our temp dir (never
+    `ray stop`, which would stop every Ray on the machine)."""
+    import psutil
+
     ours = [p for p in psutil.process_iter(["cmdline"]) if temp in " ".join(p.info["cmdline"] or [])]
     for p in ours:
         p.terminate()
     _, alive = psutil.wait_procs(ours, timeout=10)
     for p in alive:
         p.kill()
+    if proc.poll() is None:
+        proc.kill()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A real Ray head with the job server on loopback. One retry on fresh ports: the ports are
+    picked free but released before Ray binds them, so another process can take one in between."""
+    temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    try:
+        proc, address = _start_ray_head(temp)
+    except RuntimeError as first:
+        print(f"ray_head: first start failed, retrying on new ports:\n{first}", file=sys.stderr)
+        proc, address = _start_ray_head(temp)
+    yield address
+    _stop_ours(temp, proc)
     shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -164,13 +164,6 @@ def test_apply_preset_drops_keys_unless_asked():
     assert kept["key"].tolist() == [image_key(batch["id"][0])]
 
 
-def test_normalize_uses_mean_and_std_per_channel():
-    torch = pytest.importorskip("torch")
-    x = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
-    y = augment.normalize(x, [0.5, 0.0, 1.0], [0.5, 1.0, 2.0])
-    assert y.dtype == torch.float32 and y[:, 0].eq(1.0).all() and y[:, 1].eq(1.0).all() and y[:, 2].eq(0.0).all()
-
-
 def test_gpu_decode_falls_back_to_cpu_with_one_warning(caplog, monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this machine may have a GPU one day

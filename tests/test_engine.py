@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet.engine import NonFiniteLoss, evaluate, reduce_sums, topk_correct, train_one_epoch
+from alexnet.engine import NonFiniteLoss, evaluate, normalize, reduce_sums, topk_correct, train_one_epoch
 
 MEAN = torch.zeros(1, 3, 1, 1)
 STD = torch.ones(1, 3, 1, 1)
@@ -79,3 +79,12 @@ def test_ten_crop_evaluation_averages_the_softmax_over_the_crops():
 
 def test_reduce_sums_without_a_process_group_is_the_identity():
     assert reduce_sums({"a": 1.0, "b": 2}, torch.device("cpu")) == {"a": 1.0, "b": 2}
+
+
+def test_normalize_maps_uint8_to_standardised_float_per_channel():
+    x = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    mean = torch.tensor([0.5, 0.0, 1.0]).view(3, 1, 1)
+    std = torch.tensor([0.5, 1.0, 2.0]).view(3, 1, 1)
+    y = normalize(x, mean, std, channels_last=True)
+    assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
+    assert y[:, 0].eq(1.0).all() and y[:, 1].eq(1.0).all() and y[:, 2].eq(0.0).all()

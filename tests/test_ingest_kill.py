@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.dataset import load_info, open_dataset
+from pipelines.dataset import open_dataset
 from pipelines.ingest import IngestOptions, ingest
 
 OPTS = dict(resize=64, val_fraction=0.2, shard_mb=1)

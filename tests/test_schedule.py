@@ -12,7 +12,7 @@ import time
 import pytest
 
 from jobs import schedule as sch
-from jobs.schedule_state import load_state, read_metric, save_state, status_lines
+from jobs.schedule_state import load_state, read_metric, save_state
 from pipelines.errors import UserError
 
 UTC = dt.timezone.utc

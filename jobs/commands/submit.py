@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jobs.commands import parse_pairs
+
 
 def _options(p) -> None:
     p.add_argument("--address", help="job server, http://HEAD:8265 (default: $RAY_ADDRESS)")
@@ -52,25 +54,13 @@ def split_rest(args) -> list[str]:
     return passthrough
 
 
-def pairs(items: list[str], option: str) -> dict:
-    from pipelines.errors import UserError
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"{option} {item!r}: expected KEY=VALUE")
-        out[key] = value
-    return out
-
-
 def run(args) -> int:
     from jobs import submit as js
     from pipelines.errors import UserError
 
     rest = split_rest(args)
     spec = js.build_spec(args.job, rest, recipe=args.recipe, run_name=args.run_name, trigger=args.trigger,
-                         tags=pairs(args.tag, "--tag"), env=pairs(args.env, "--env"), pip=args.pip,
+                         tags=parse_pairs(args.tag, "--tag"), env=parse_pairs(args.env, "--env"), pip=args.pip,
                          submission_id=args.submission_id)
     client = js.connect(args.address)
     print(js.describe(spec, js.resolve_address(args.address)), flush=True)

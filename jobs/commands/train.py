@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from jobs.commands import parse_pairs
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train on an ingested Parquet dataset (Ray Train + MLflow)",
@@ -32,18 +34,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_tags(items: list[str]) -> dict:
-    from pipelines.errors import UserError
-
-    tags = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--tag {item!r}: expected KEY=VALUE")
-        tags[key] = value
-    return tags
-
-
 def run(args) -> int:
     from alexnet.config import load_config
     from jobs.runtime import prepare_workdir, ray_session
@@ -54,7 +44,7 @@ def run(args) -> int:
     cfg = load_config(args.recipe, overrides)
     check_inputs(cfg)  # bad arch/dataset/batch: exit 2 before Ray starts
     work = prepare_workdir(args.workdir)
-    tags = {"trigger": args.trigger, **parse_tags(args.tag)}
+    tags = {"trigger": args.trigger, **parse_pairs(args.tag, "--tag")}
     if os.environ.get("RAY_JOB_SUBMISSION_ID"):
         tags["ray.job_submission_id"] = os.environ["RAY_JOB_SUBMISSION_ID"]
     tracking_uri = args.tracking_uri or work.tracking_uri
