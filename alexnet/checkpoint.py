@@ -18,7 +18,7 @@ META_FILE = "meta.json"
 
 
 def save(directory: str | os.PathLike, *, model, optimizer, plateau: dict, scaler, epoch: int, config: dict,
-         dataset_version: str, metrics: dict) -> Path:
+         dataset_version: str, metrics: dict, num_classes: int) -> Path:
     path = Path(directory) / STATE_FILE
     tmp = path.with_suffix(".tmp")
     torch.save(
@@ -38,8 +38,21 @@ def save(directory: str | os.PathLike, *, model, optimizer, plateau: dict, scale
     meta = Path(directory) / META_FILE
     # state_bytes lets a reader tell a complete upload from one cut off by a killed process.
     meta.write_text(json.dumps({"epoch": epoch, "dataset_version": dataset_version, "metrics": metrics,
-                                "state_bytes": path.stat().st_size}))
+                                "state_bytes": path.stat().st_size, "shape": shape_of(config, num_classes)}))
     return path
+
+
+def shape_of(config: dict, num_classes: int) -> dict:
+    """What a run resuming from a checkpoint must share with it: the weights' and the optimiser
+    state's layout. (Learning rate, epochs, augmentation may change between runs.)"""
+    return {"model.arch": config["model"]["arch"], "model.hidden": int(config["model"].get("hidden", 4096)),
+            "num_classes": int(num_classes), "optim.optimizer": config["optim"]["optimizer"]}
+
+
+def mismatches(meta: dict, config: dict, num_classes: int) -> list[str]:
+    """`key: checkpoint X, config Y` for each shape entry that differs (empty = resumable)."""
+    theirs, ours = meta["shape"], shape_of(config, num_classes)
+    return [f"{k}: checkpoint {theirs[k]}, this run {ours[k]}" for k in ours if k in theirs and theirs[k] != ours[k]]
 
 
 def load(directory: str | os.PathLike, map_location="cpu") -> dict:
@@ -53,9 +66,13 @@ def read_meta(directory: str | os.PathLike) -> dict:
     """epoch, dataset_version and metrics of a checkpoint, without loading its weights."""
     meta = Path(directory) / META_FILE
     if meta.is_file():
-        return json.loads(meta.read_text())
-    state = load(directory)  # a checkpoint written before meta.json existed
-    return {k: state[k] for k in ("epoch", "dataset_version", "metrics")}
+        meta = json.loads(meta.read_text())
+        if "shape" in meta:
+            return meta
+    state = load(directory)  # written before meta.json (or its shape entry) existed
+    num_classes = state["model"][next(reversed(state["model"]))].shape[0]  # the last layer's bias
+    return {**{k: state[k] for k in ("epoch", "dataset_version", "metrics")},
+            "shape": shape_of(state["config"], num_classes)}
 
 
 def find_latest(storage: str, run_name: str) -> tuple[str, int] | None:

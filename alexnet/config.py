@@ -29,6 +29,7 @@ class DataConfig:
     random_resized_crop: bool = False  # torchvision's RandomResizedCrop instead of the paper's fixed-scale crop
     ten_crop_eval: bool = False  # val: average the softmax over 10 crops (corners, centre, mirrored), as the paper
     shuffle_buffer: int = 1024  # rows in each worker's local shuffle buffer (on top of file shuffle)
+    decode: str = "cpu"  # cpu: Ray Data's CPU workers decode + augment | gpu: train workers do it on their GPU (nvJPEG)
     seed: int = 0  # seeds augmentation, shuffling and init; same seed -> same run
 
 
@@ -36,6 +37,7 @@ class DataConfig:
 class ModelConfig:
     arch: str = "torchvision"  # a name in alexnet.ARCHITECTURES
     dropout: float = 0.5  # probability, in the fully connected layers
+    hidden: int = 4096  # units of the two hidden fully connected layers (4096 in every source; fewer for quick CPU runs)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class RunConfig:
     channels_last: bool = True  # NHWC memory format on GPU
     compile: bool = False  # torch.compile the model (GPU; slow to start)
     register_as: str = "alexnet"  # MLflow registered model name; "" skips registration
+    system_metrics: bool = False  # log CPU/memory/disk/network (+GPU with nvidia-ml-py) as system/* metrics, per node
+    system_metrics_interval: float = 10.0  # seconds between system-metric samples
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Config:
 
 
 CHOICES = {
+    "data.decode": ("cpu", "gpu"),
     "optim.optimizer": ("sgd", "adamw"),
     "optim.schedule": tuple(SCHEDULES),
     "run.use_gpu": ("auto", "true", "false"),
@@ -140,6 +145,7 @@ def validate(cfg: Config) -> None:
          f"optim.batch_size={cfg.optim.batch_size} is not divisible by run.num_workers={cfg.run.num_workers}"),
         (cfg.optim.epochs >= 1, f"optim.epochs={cfg.optim.epochs}: must be at least 1"),
         (cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}: must be positive"),
+        (cfg.model.hidden >= 1, f"model.hidden={cfg.model.hidden}: must be at least 1 unit"),
         (0 <= cfg.model.dropout < 1, f"model.dropout={cfg.model.dropout}: expected 0 <= p < 1"),
         (cfg.data.crop >= 32, f"data.crop={cfg.data.crop}: expected at least 32 px"),
         (cfg.data.resize >= cfg.data.crop, f"data.resize={cfg.data.resize} is smaller than data.crop={cfg.data.crop}"),
@@ -148,6 +154,8 @@ def validate(cfg: Config) -> None:
         (cfg.optim.step_size >= 1, f"optim.step_size={cfg.optim.step_size}: must be at least 1 epoch"),
         (cfg.optim.warmup_epochs >= 0, f"optim.warmup_epochs={cfg.optim.warmup_epochs}: must be >= 0"),
         (0 <= cfg.optim.label_smoothing < 1, f"optim.label_smoothing={cfg.optim.label_smoothing}: expected 0 <= s < 1"),
+        (cfg.run.system_metrics_interval >= 0.5,
+         f"run.system_metrics_interval={cfg.run.system_metrics_interval}: expected at least 0.5 s"),
         (cfg.run.keep_checkpoints >= 1, f"run.keep_checkpoints={cfg.run.keep_checkpoints}: must be >= 1"),
     ]
     for ok, message in checks:

@@ -207,3 +207,22 @@ class MetricLogger:
             print("[tracking] MLflow reachable again; back-filled the kept metrics", file=sys.stderr)
         self.failing = False
         return True
+
+
+def start_system_metrics(tracking_uri: str, run_id: str, *, interval_s: float, node_id: str | None,
+                         resume: bool):
+    """MLflow's system-metrics sampler (CPU, memory, disk, network; GPU utilisation and memory
+    when `nvidia-ml-py` is installed) logging `system/[node_id/]*` to the run every `interval_s`
+    seconds, steps continuing after a restart when `resume`. Returns the monitor (call `.finish()`),
+    or None when it cannot start: system metrics never stop training. It stops by itself when the
+    run ends or the tracking server cannot be reached (training metrics are still back-filled)."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, samples_before_logging=1,
+                                       resume_logging=resume, node_id=node_id, tracking_uri=tracking_uri)
+        monitor.start()
+        return monitor
+    except Exception as err:  # a missing optional dependency or an unreachable server
+        print(f"[tracking] system metrics off ({type(err).__name__}: {err})", file=sys.stderr)
+        return None

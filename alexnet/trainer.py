@@ -14,7 +14,7 @@ from alexnet import ARCHITECTURES, build_model, checkpoint
 from alexnet.config import Config
 from pipelines.dataset import DatasetInfo, open_dataset
 from pipelines.errors import UserError
-from pipelines.loader import EpochClock, train_dataset, val_dataset
+from pipelines.loader import EpochClock, train_dataset, train_preset, val_dataset
 
 # Share of a CPU-only cluster's CPUs left to Ray Data when cpus_per_worker is 0 (auto).
 DATA_CPU_SHARE = 0.5
@@ -28,6 +28,7 @@ class TrainingError(RuntimeError):
 class Placement:
     use_gpu: bool
     cpus_per_worker: float
+    gpu_decode: bool = False  # train workers decode and augment on their GPUs (data.decode=gpu with GPUs)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def plan_placement(cfg: Config, cluster: dict) -> Placement:
         raise UserError(
             f"run.num_workers={n} x run.cpus_per_worker={cpu:g} CPUs leaves no CPU for Ray Data on a "
             f"{cpus:g}-CPU cluster; lower run.cpus_per_worker (0 = automatic)")
-    return Placement(use_gpu, cpu)
+    return Placement(use_gpu, cpu, gpu_decode=cfg.data.decode == "gpu" and use_gpu)
 
 
 def check_inputs(cfg: Config) -> DatasetInfo:
@@ -92,13 +93,16 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
     from alexnet.worker import train_loop
 
     placement = plan_placement(cfg, ray.cluster_resources())
-    resume = resume_point(cfg, str(storage), run_name, resume_from)
+    if cfg.data.decode == "gpu" and not placement.gpu_decode:
+        print("data.decode=gpu: this run has no GPU; Ray Data's CPU workers decode instead", flush=True)
+    resume = resume_point(cfg, str(storage), run_name, resume_from, num_classes=info.num_classes)
     if resume is not None:
         print(f"resuming run {run_name} from its checkpoint at epoch {resume[1]}: {resume[0]}", flush=True)
     clock = EpochClock.create()
     datasets = {
         "train": train_dataset(info, crop=cfg.data.crop, pca_std=cfg.data.pca_lighting, flip=cfg.data.flip,
-                               seed=cfg.data.seed, random_resized_crop=cfg.data.random_resized_crop, clock=clock),
+                               seed=cfg.data.seed, random_resized_crop=cfg.data.random_resized_crop, clock=clock,
+                               decode_on_device=placement.gpu_decode),
         "val": val_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, ten_crop=cfg.data.ten_crop_eval),
     }
     trainer = TorchTrainer(
@@ -113,6 +117,10 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
             "storage": str(storage),  # a restarted worker group finds checkpoints Ray had not registered
             "run_name": run_name,
             "clock": clock,
+            # data.decode=gpu: the worker decodes and augments the planned rows with this preset
+            "device_preset": train_preset(info, crop=cfg.data.crop, pca_std=cfg.data.pca_lighting,
+                                          flip=cfg.data.flip, random_resized_crop=cfg.data.random_resized_crop)
+            if placement.gpu_decode else None,
         },
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=placement.use_gpu,
                                      resources_per_worker={"CPU": placement.cpus_per_worker}),
@@ -132,24 +140,31 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
     return _outcome(result, run_name, str(storage), resume)
 
 
-def resume_point(cfg: Config, storage: str, run_name: str, resume_from: str | None) -> tuple[str, int] | None:
+def resume_point(cfg: Config, storage: str, run_name: str, resume_from: str | None, *,
+                 num_classes: int) -> tuple[str, int] | None:
     """Where training continues from: this run's own latest checkpoint (same run name and storage:
     a re-run after a crash or a kill), else `--resume-from PATH`, else None (a fresh start).
+    A checkpoint whose architecture, class count or optimiser differs from `cfg` is refused here,
+    before any Ray resources are requested, instead of failing inside a worker.
 
     Ray Train restores the run's checkpoint manager from storage_path/run_name itself and hands the
     workers its latest checkpoint; the path found here is the fallback the workers use when Ray has
     none, and what the caller is told (Outcome.resumed_from_epoch)."""
     own = checkpoint.find_latest(storage, run_name)
-    if own is not None:
-        return own
-    if not resume_from:
+    if own is None and not resume_from:
         return None
+    path = own[0] if own else resume_from
     try:
-        with _checkpoint_dir(resume_from) as d:
+        with _checkpoint_dir(path) as d:
             meta = checkpoint.read_meta(d)
     except (FileNotFoundError, OSError, RuntimeError, ValueError, KeyError) as err:
         raise UserError(f"--resume-from {resume_from}: not a checkpoint ({err})") from None
-    return resume_from, int(meta["epoch"])
+    differs = checkpoint.mismatches(meta, cfg.to_dict(), num_classes)
+    if differs:
+        how = (f"run {run_name!r} already has checkpoints; choose another --run-name to start afresh"
+               if own else "resume only from a checkpoint of the same model, classes and optimiser")
+        raise UserError(f"cannot resume from {path}: {'; '.join(differs)}. {how}")
+    return path, int(meta["epoch"])
 
 
 def _checkpoint_dir(path: str):
@@ -212,6 +227,6 @@ def load_classifier(checkpoint_dir: str, info: DatasetInfo):
 
     state = checkpoint.load(checkpoint_dir)
     cfg = from_dict(state["config"])
-    net = build_model(cfg.model.arch, info.num_classes, dropout=cfg.model.dropout)
+    net = build_model(cfg.model.arch, info.num_classes, dropout=cfg.model.dropout, hidden=cfg.model.hidden)
     net.load_state_dict(state["model"])
     return Classifier(net, info.pixel_mean, info.pixel_std, info.classes).eval(), cfg

@@ -16,7 +16,8 @@ from alexnet import build_model, checkpoint
 from alexnet.config import from_dict
 from alexnet.engine import evaluate, reduce_sums, train_one_epoch
 from alexnet.schedules import Plateau, lr_at, scaled_lr
-from alexnet.tracking import MetricLogger
+from alexnet.tracking import MetricLogger, start_system_metrics
+from pipelines.device_augment import augment_on_device
 
 
 def make_optimizer(params, cfg, lr: float):
@@ -43,7 +44,7 @@ def train_loop(loop_config: dict) -> None:
         # shared by the workers on it (the data tasks are light next to AlexNet's FC layers).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
 
-    net = build_model(cfg.model.arch, dataset["num_classes"], dropout=cfg.model.dropout)
+    net = build_model(cfg.model.arch, dataset["num_classes"], dropout=cfg.model.dropout, hidden=cfg.model.hidden)
     channels_last = cfg.run.channels_last and on_gpu
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -72,64 +73,93 @@ def train_loop(loop_config: dict) -> None:
     std = torch.tensor(dataset["std"], device=device).view(1, 3, 1, 1)
     per_worker = cfg.optim.batch_size // world
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
-    clock = loop_config.get("clock")  # pipelines.loader.EpochClock: tells the augmentation tasks the epoch
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    monitor = _system_monitor(cfg, ctx, loop_config, resume=resumed is not None)
+    try:
+        clock = loop_config.get("clock")  # pipelines.loader.EpochClock: tells the augmentation tasks the epoch
+        train_shard = ray.train.get_dataset_shard("train")
+        val_shard = ray.train.get_dataset_shard("val")
 
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        lr = lr_at(epoch, base=base_lr, schedule=cfg.optim.schedule, epochs=cfg.optim.epochs,
-                   warmup_epochs=cfg.optim.warmup_epochs, plateau_scale=plateau.scale,
-                   step_size=cfg.optim.step_size)
-        if clock is not None:
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            lr = lr_at(epoch, base=base_lr, schedule=cfg.optim.schedule, epochs=cfg.optim.epochs,
+                       warmup_epochs=cfg.optim.warmup_epochs, plateau_scale=plateau.scale,
+                       step_size=cfg.optim.step_size)
+            if clock is not None:
+                if rank == 0:
+                    clock.set(epoch)
+                if world > 1:
+                    torch.distributed.barrier()  # no worker asks for epoch e's batches before the clock says e
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            epoch_start = time.perf_counter()
+            batches = _train_batches(train_shard, loop_config.get("device_preset"), device,
+                                     batch_size=per_worker, shuffle_buffer=cfg.data.shuffle_buffer or None,
+                                     shuffle_seed=cfg.data.seed * 100003 + epoch * 1009 + rank)
+            tr = reduce_sums(
+                train_one_epoch(model, optimizer, batches, device, mean=mean, std=std, epoch=epoch,
+                                label_smoothing=cfg.optim.label_smoothing, amp_dtype=amp_dtype,
+                                channels_last=channels_last),
+                device,
+            )
+            val_batches = val_shard.iter_torch_batches(
+                batch_size=per_worker, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu")
+            va = reduce_sums(evaluate(model, val_batches, device, mean=mean, std=std, amp_dtype=amp_dtype,
+                                      channels_last=channels_last), device)
+            wall = time.perf_counter() - epoch_start
+            val_n = max(1.0, va["images"])
+            metrics = {
+                "epoch": epoch,
+                "train/loss": tr["loss_sum"] / max(1.0, tr["images"]),
+                "val/loss": va["loss_sum"] / val_n,
+                "val/top1": va["top1"] / val_n,
+                "val/top5": va["top5"] / val_n,
+                "lr": lr,
+                "throughput/images_per_s": tr["images"] / max(1e-9, tr["seconds"] / world),
+                "throughput/data_wait_fraction": tr["data_wait_s"] / max(1e-9, tr["seconds"]),
+                "time/epoch_s": wall,
+            }
+            if cfg.optim.schedule == "plateau":
+                plateau.update(metrics["val/top1"])
+            report = {k.replace("/", "_"): v for k, v in metrics.items()}
             if rank == 0:
-                clock.set(epoch)
-            if world > 1:
-                torch.distributed.barrier()  # no worker asks for epoch e's batches before the clock says e
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        epoch_start = time.perf_counter()
-        batches = train_shard.iter_torch_batches(
-            batch_size=per_worker, drop_last=True, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-            local_shuffle_seed=cfg.data.seed * 100003 + epoch * 1009 + rank,
-            dtypes={"image": torch.uint8, "label": torch.long}, device="cpu", pin_memory=on_gpu,
-        )
-        tr = reduce_sums(
-            train_one_epoch(model, optimizer, batches, device, mean=mean, std=std, epoch=epoch,
-                            label_smoothing=cfg.optim.label_smoothing, amp_dtype=amp_dtype,
-                            channels_last=channels_last),
-            device,
-        )
-        val_batches = val_shard.iter_torch_batches(
-            batch_size=per_worker, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu")
-        va = reduce_sums(evaluate(model, val_batches, device, mean=mean, std=std, amp_dtype=amp_dtype,
-                                  channels_last=channels_last), device)
-        wall = time.perf_counter() - epoch_start
-        val_n = max(1.0, va["images"])
-        metrics = {
-            "epoch": epoch,
-            "train/loss": tr["loss_sum"] / max(1.0, tr["images"]),
-            "val/loss": va["loss_sum"] / val_n,
-            "val/top1": va["top1"] / val_n,
-            "val/top5": va["top5"] / val_n,
-            "lr": lr,
-            "throughput/images_per_s": tr["images"] / max(1e-9, tr["seconds"] / world),
-            "throughput/data_wait_fraction": tr["data_wait_s"] / max(1e-9, tr["seconds"]),
-            "time/epoch_s": wall,
-        }
-        if cfg.optim.schedule == "plateau":
-            plateau.update(metrics["val/top1"])
-        report = {k.replace("/", "_"): v for k, v in metrics.items()}
-        if rank == 0:
-            logger.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
-            with tempfile.TemporaryDirectory() as tmp:
-                checkpoint.save(tmp, model=raw_model, optimizer=optimizer, plateau=plateau.state_dict(),
-                                scaler=None, epoch=epoch, config=loop_config["config"],
-                                dataset_version=dataset["version"], metrics=report)
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(report)
-    if logger is not None and logger.pending:
-        logger.log({}, step=cfg.optim.epochs - 1)  # last chance to back-fill after an outage
+                logger.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+                with tempfile.TemporaryDirectory() as tmp:
+                    checkpoint.save(tmp, model=raw_model, optimizer=optimizer, plateau=plateau.state_dict(),
+                                    scaler=None, epoch=epoch, config=loop_config["config"],
+                                    dataset_version=dataset["version"], metrics=report,
+                                    num_classes=dataset["num_classes"])
+                    ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(report)
+        if logger is not None and logger.pending:
+            logger.log({}, step=cfg.optim.epochs - 1)  # last chance to back-fill after an outage
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _train_batches(shard, device_preset, device, *, batch_size: int, shuffle_buffer: int | None, shuffle_seed: int):
+    """This worker's batches of one epoch as uint8 image / int64 label tensors. With a
+    `device_preset` (data.decode=gpu) the rows arrive encoded with their augmentation plans and are
+    decoded and augmented here, on the device; the time counts as data wait, as it is input work."""
+    if device_preset is None:
+        return shard.iter_torch_batches(
+            batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=shuffle_buffer,
+            local_shuffle_seed=shuffle_seed, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu",
+            pin_memory=device.type == "cuda")
+    rows = shard.iter_batches(batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=shuffle_buffer,
+                              local_shuffle_seed=shuffle_seed, batch_format="numpy")
+    return (augment_on_device(batch, device_preset, device) for batch in rows)
+
+
+def _system_monitor(cfg, ctx, loop_config: dict, *, resume: bool):
+    """One system-metrics sampler per node (on its local rank 0) when run.system_metrics is on;
+    metric names carry the node only when the run spans several nodes."""
+    if not cfg.run.system_metrics or ctx.get_local_rank() != 0:
+        return None
+    multi_node = ctx.get_local_world_size() < ctx.get_world_size()
+    return start_system_metrics(loop_config["tracking_uri"], loop_config["run_id"],
+                                interval_s=cfg.run.system_metrics_interval,
+                                node_id=f"node{ctx.get_node_rank()}" if multi_node else None, resume=resume)
 
 
 def _initial_checkpoint(loop_config: dict):

@@ -44,7 +44,7 @@ def plain_loop(cfg, info, epochs: int) -> float:
     images, labels = torch.from_numpy(batch["image"]), torch.from_numpy(batch["label"])
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    model = build_model(cfg.model.arch, info.num_classes, dropout=cfg.model.dropout)
+    model = build_model(cfg.model.arch, info.num_classes, dropout=cfg.model.dropout, hidden=cfg.model.hidden)
     opt = make_optimizer(model.parameters(), cfg, scaled_lr(cfg.optim.lr, cfg.optim.batch_size))
     mean = torch.tensor(info.pixel_mean).view(1, 3, 1, 1)
     std = torch.tensor(info.pixel_std).view(1, 3, 1, 1)

@@ -20,7 +20,7 @@ from pathlib import Path
 from alexnet.config import Config, flatten, to_yaml
 from alexnet.tracking import (TrackingUnavailable, is_local_store, log_params, redact, set_tags, using_store,
                               tracked_run)
-from alexnet.trainer import check_inputs, fit, load_classifier
+from alexnet.trainer import check_inputs, fit, load_classifier, resume_point
 from jobs.runtime import configure_mlflow_client
 from pipelines.dataset import DatasetInfo
 from pipelines.errors import UserError
@@ -104,6 +104,8 @@ def run_training(cfg: Config, *, tracking_uri: str, storage: str, run_name: str,
     configure_mlflow_client()
     info = check_inputs(cfg)
     check_tracking_store(tracking_uri, alive_nodes())
+    # An incompatible checkpoint is refused now, before an MLflow run exists that would only record the refusal.
+    resume_point(cfg, storage, run_name, resume_from, num_classes=info.num_classes)
     print("resolved config:\n" + to_yaml(cfg), flush=True)
     tags = {"trigger": "manual", **(tags or {}), "ray.run_name": run_name}
     commit = git_commit()

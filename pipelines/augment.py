@@ -57,6 +57,9 @@ def shorter_side(img: Image.Image, size: int) -> Image.Image:
     return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
 
 
+PLAN_FIELDS = ("width", "height", "left", "top", "right", "bottom", "flip", "alpha_r", "alpha_g", "alpha_b")
+
+
 def lighting_lut(eigval: Sequence[float], eigvec: Sequence[Sequence[float]], alpha: np.ndarray) -> list[int]:
     """The paper's PCA lighting as a PIL `point` table: add sum_k alpha_k lambda_k p_k (0-1 scale,
     times 255) to every pixel's RGB, rounded and clipped to 0..255. 768 entries, R then G then B."""
@@ -109,19 +112,36 @@ class TrainPreset:
         x, y = (width - w) // 2, (height - h) // 2
         return x, y, x + w, y + h
 
+    def plan(self, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+        """Every random choice for one image of `width` x `height` px, without its pixels, as float64
+        PLAN_FIELDS: the size it is first scaled to (the paper's crop upscales images smaller than
+        the crop), the crop box in that size, flip (0/1) and the lighting coefficients alpha.
+        `image` executes a plan with PIL; pipelines.device_augment with torch on a GPU."""
+        if not self.random_resized_crop and min(width, height) < self.crop:
+            scale = self.crop / min(width, height)
+            width, height = max(self.crop, round(width * scale)), max(self.crop, round(height * scale))
+        box = self.crop_box(width, height, rng)
+        flip = self.flip and rng.random() < 0.5
+        alpha = rng.normal(0.0, self.pca_std, size=3) if self.pca_std > 0 else np.zeros(3)
+        return np.array([width, height, *box, float(flip), *alpha], dtype=np.float64)
+
+    def lighting_shift(self, alpha: Sequence[float]) -> np.ndarray:
+        """The RGB shift (0-255 scale) of the paper's PCA lighting for coefficients alpha."""
+        return (np.asarray(self.eigvec, dtype=np.float64) @ (np.asarray(self.eigval, dtype=np.float64)
+                                                              * np.asarray(alpha))) * 255.0
+
     def image(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
         """One decoded image -> uint8 (3, crop, crop)."""
-        if not self.random_resized_crop and min(img.size) < self.crop:
-            img = shorter_side(img, self.crop)
-        box = self.crop_box(*img.size, rng)
-        if self.random_resized_crop:
-            out = img.resize((self.crop, self.crop), Image.BILINEAR, box=box)
-        else:
-            out = img.crop(box)
-        if self.flip and rng.random() < 0.5:
+        plan = self.plan(*img.size, rng)
+        size = (int(plan[0]), int(plan[1]))
+        if size != img.size:
+            img = img.resize(size, Image.BILINEAR)
+        box = tuple(int(v) for v in plan[2:6])
+        out = img.resize((self.crop, self.crop), Image.BILINEAR, box=box) if self.random_resized_crop else img.crop(box)
+        if plan[6]:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if self.pca_std > 0:
-            out = out.point(lighting_lut(self.eigval, self.eigvec, rng.normal(0.0, self.pca_std, size=3)))
+            out = out.point(lighting_lut(self.eigval, self.eigvec, plan[7:10]))
         return _chw(out)
 
     def __call__(self, batch: dict, *, seed: int | None, epoch: int = 0) -> dict:
@@ -199,7 +219,7 @@ def decode_jpeg_batch(data: Sequence[bytes], device: str = "cuda") -> list:
     `decode_jpeg_batch(list_of_bytes, "cuda")`."""
     global _warned_cpu_decode
     import torch
-    from torchvision.io import decode_jpeg
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in data]
     if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -208,5 +228,5 @@ def decode_jpeg_batch(data: Sequence[bytes], device: str = "cuda") -> list:
             _warned_cpu_decode = True
         device = "cpu"
     if str(device).startswith("cuda"):
-        return decode_jpeg(tensors, device=device)
-    return [decode_jpeg(t) for t in tensors]
+        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)  # grayscale/CMYK JPEGs too
+    return [decode_jpeg(t, mode=ImageReadMode.RGB) for t in tensors]

@@ -25,6 +25,7 @@ import logging
 
 from pipelines.augment import TrainPreset, ValPreset, apply_preset
 from pipelines.dataset import DatasetInfo
+from pipelines.device_augment import plan_batch
 from pipelines.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,12 @@ def _check_crop(info: DatasetInfo, crop: int, option: str) -> None:
 def train_dataset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool, seed: int | None,
                   random_resized_crop: bool = False, clock: EpochClock | None = None, batch_rows: int = 64,
                   epoch: int = 0, keep_key: bool = False, num_cpus: float = 1.0,
-                  concurrency: int | None = None):
+                  concurrency: int | None = None, decode_on_device: bool = False):
     """The training pipeline: columns `image` (uint8 N,3,crop,crop) and `label` (int64), plus
-    `key` (int64, first 60 bits of the image id) when `keep_key`.
+    `key` (int64, first 60 bits of the image id) when `keep_key`. With `decode_on_device`, the
+    images stay encoded and each row carries its augmentation plan instead (columns of
+    pipelines.device_augment.plan_batch): the train worker decodes and augments on its GPU
+    with `augment_on_device(batch, train_preset(info, ...), device)`.
 
     crop: px; pca_std: std of the PCA lighting coefficients (paper 0.1, 0 = off); flip: random
     horizontal flip; seed: None = unseeded augmentation; random_resized_crop: torchvision's
@@ -115,14 +119,26 @@ def train_dataset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool, s
     if seed is not None and clock is None:
         log.warning("train_dataset: seed without an EpochClock gives every epoch epoch %d's augmentations; "
                     "pass clock=EpochClock.create() and call clock.set(epoch) in the train loop", epoch)
-    preset = TrainPreset(crop=crop, eigval=tuple(info.pca_eigval), eigvec=tuple(map(tuple, info.pca_eigvec)),
-                         pca_std=pca_std, flip=flip, random_resized_crop=random_resized_crop)
+    preset = train_preset(info, crop=crop, pca_std=pca_std, flip=flip, random_resized_crop=random_resized_crop)
     shuffle = FileShuffleConfig(seed=seed) if seed is not None else "files"
-    ds = ray.data.read_parquet(info.shard_paths("train"), columns=_columns(info), shuffle=shuffle)
+    columns = COLUMNS + RAW_COLUMNS if decode_on_device else _columns(info)
+    ds = ray.data.read_parquet(info.shard_paths("train"), columns=columns, shuffle=shuffle)
+    if decode_on_device:
+        return ds.map_batches(plan_batch, batch_size=batch_rows, batch_format="numpy", zero_copy_batch=True,
+                              fn_kwargs={"preset": preset, "seed": seed, "epoch": epoch, "clock": clock,
+                                         "keep_key": keep_key},
+                              num_cpus=num_cpus, concurrency=concurrency)
     return ds.map_batches(apply_preset, batch_size=batch_rows, batch_format="numpy", zero_copy_batch=True,
                           fn_kwargs={"preset": preset, "seed": seed, "epoch": epoch, "clock": clock,
                                      "keep_key": keep_key},
                           num_cpus=num_cpus, concurrency=concurrency)
+
+
+def train_preset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool,
+                 random_resized_crop: bool = False) -> TrainPreset:
+    """The training augmentation for this dataset (its PCA eigenvalues/vectors for the lighting)."""
+    return TrainPreset(crop=crop, eigval=tuple(info.pca_eigval), eigvec=tuple(map(tuple, info.pca_eigvec)),
+                       pca_std=pca_std, flip=flip, random_resized_crop=random_resized_crop)
 
 
 def val_dataset(info: DatasetInfo, *, crop: int, resize: int, ten_crop: bool = False, batch_rows: int = 64,

@@ -24,7 +24,7 @@ def demo_workdir(ray_local, tmp_path_factory):
     work = tmp_path_factory.mktemp("demo")
     # Two workers on the 2-CPU fixture cluster: must not hang (Ray Data keeps CPUs).
     rc = main(["demo", "--workdir", str(work), "--images-per-class", "20", "--epochs", "2", "--workers", "2",
-               "--set", "optim.batch_size=16"])
+               "--set", "optim.batch_size=16", "--set", "model.hidden=256"])
     assert rc == 0
     return work
 
@@ -76,7 +76,7 @@ def test_second_demo_adds_a_new_run_and_keeps_the_first(demo_workdir, capsys):
     shards_before = sorted((demo_workdir / "datasets" / "shapes" / "train").iterdir())
 
     assert main(["demo", "--workdir", str(demo_workdir), "--images-per-class", "20", "--epochs", "1",
-                 "--set", "optim.batch_size=16"]) == 0
+                 "--set", "optim.batch_size=16", "--set", "model.hidden=256"]) == 0
     out = capsys.readouterr().out
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 2

@@ -273,3 +273,15 @@ def test_traces_as_one_graph_in_channels_last_and_runs_under_bf16_autocast(model
     finally:
         model.to(memory_format=torch.contiguous_format)
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_hidden_shrinks_only_the_two_hidden_fc_layers(arch: str) -> None:
+    full, small = build_model(arch, NUM_CLASSES), build_model(arch, NUM_CLASSES, hidden=64)
+    linears = [m for m in small.modules() if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linears] == [64, 64, NUM_CLASSES] and linears[1].in_features == 64
+    convs = lambda model: [p.shape for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters()]  # noqa: E731
+    assert convs(small) == convs(full)
+    assert small(torch.randn(2, 3, 64, 64)).shape == (2, NUM_CLASSES)
+    with pytest.raises(UserError, match="hidden"):
+        build_model(arch, NUM_CLASSES, hidden=0)

@@ -147,14 +147,17 @@ def test_training_run_tracked_on_a_real_mlflow_server(ray_local, shapes_dataset,
 
     server = MlflowServer(tmp_path / "server").start()
     try:
-        cfg = load_config("smoke", [f"data.path={shapes_dataset}", "optim.epochs=1", "optim.batch_size=16"])
+        cfg = load_config("smoke", [f"data.path={shapes_dataset}", "optim.epochs=1", "optim.batch_size=16",
+                                    "run.system_metrics=true", "run.system_metrics_interval=1"])
         report = run_training(cfg, tracking_uri=server.uri, storage=str(tmp_path / "runs"), run_name="http-run",
                               tags={"token": "s3cr3t"})
         assert report.alias == "champion" and report.registered == "models:/alexnet/1"
         assert_tracked_run(server.uri, report.run_id, shapes_dataset, epochs=1, version="1")
         assert str(client(server.uri).get_model_version_by_alias("alexnet", "champion").version) == "1"
         assert load_model("models:/alexnet@champion", server.uri).classes == report_classes(shapes_dataset)
-        assert client(server.uri).get_run(report.run_id).data.tags["token"] == "***"
+        run = client(server.uri).get_run(report.run_id)
+        assert run.data.tags["token"] == "***"
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
         assert "MLFLOW_TRACKING_URI" not in os.environ  # the driver did not leave its store behind
     finally:
         server.stop()

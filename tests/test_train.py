@@ -16,6 +16,7 @@ import pytest
 from alexnet import checkpoint
 from alexnet.config import load_config
 from alexnet.trainer import TrainingError, check_inputs, fit
+from pipelines.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +62,12 @@ def test_two_workers_checkpoint_every_epoch_then_the_same_run_name_resumes_and_n
     assert checkpoint.find_latest(str(tmp_path / "runs"), "r")[1] == 1  # the last good one, intact
     good = checkpoint.load(again.latest_checkpoint)
     assert all(t.isfinite().all() for t in good["model"].values())
+
+    # Another optimiser cannot take over this run's optimiser state: refused before Ray is asked.
+    with pytest.raises(UserError, match=r"optim.optimizer: checkpoint adamw, this run sgd.*another --run-name"):
+        _fit(shapes_dataset, tmp_path, "r", "optim.epochs=3", "optim.optimizer=sgd")
+    with pytest.raises(UserError, match=r"model.arch: checkpoint torchvision, this run bn"):
+        _fit(shapes_dataset, tmp_path, "fresh", "model.arch=bn", resume_from=again.latest_checkpoint)
 
 
 def _train_worker_pids() -> list[int]:
@@ -122,3 +129,22 @@ def test_a_killed_driver_rerun_with_the_same_run_name_continues_at_the_next_epoc
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming run X from its checkpoint at epoch {done}" in rerun.stdout
     assert "after 3 epochs" in rerun.stdout
+
+
+def test_checkpoints_without_a_shape_entry_still_tell_their_shape(tmp_path):
+    """Checkpoints written before meta.json recorded the shape are read from state.pt."""
+    import json
+
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    cfg = {"model": {"arch": "bn"}, "optim": {"optimizer": "sgd"}}
+    checkpoint.save(tmp_path, model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), plateau={},
+                    scaler=None, epoch=4, config=cfg, dataset_version="v1", metrics={}, num_classes=3)
+    meta = json.loads((tmp_path / checkpoint.META_FILE).read_text())
+    assert meta["shape"] == {"model.arch": "bn", "model.hidden": 4096, "num_classes": 3, "optim.optimizer": "sgd"}
+    del meta["shape"]
+    (tmp_path / checkpoint.META_FILE).write_text(json.dumps(meta))
+    assert checkpoint.read_meta(tmp_path)["shape"] == checkpoint.shape_of(cfg, 3)
+    assert checkpoint.mismatches(checkpoint.read_meta(tmp_path), cfg, 5) == ["num_classes: checkpoint 3, this run 5"]
+

@@ -45,7 +45,7 @@ def _bn1d(features: int) -> nn.BatchNorm1d:
 class BatchNormAlexNet(nn.Module):
     """Input 224x224 (native); anything from 11 px works. Returns logits (N, num_classes)."""
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.4) -> None:
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.4, hidden: int = 4096) -> None:
         super().__init__()
         self.features = nn.Sequential(OrderedDict([
             ("conv1", nn.Conv2d(3, 96, kernel_size=11, stride=4)),
@@ -70,17 +70,17 @@ class BatchNormAlexNet(nn.Module):
             ("bn5", _bn2d(256)),
         ]))
         self.classifier = nn.Sequential(OrderedDict([
-            ("fc6", nn.Linear(256, 4096)),
+            ("fc6", nn.Linear(256, hidden)),
             ("relu6", nn.ReLU(inplace=True)),
             ("drop6", nn.Dropout(p=dropout)),
-            ("bn6", _bn1d(4096)),
-            ("fc7", nn.Linear(4096, 4096)),
+            ("bn6", _bn1d(hidden)),
+            ("fc7", nn.Linear(hidden, hidden)),
             ("relu7", nn.ReLU(inplace=True)),
             ("drop7", nn.Dropout(p=dropout)),
-            ("bn7", _bn1d(4096)),
+            ("bn7", _bn1d(hidden)),
             # The article ends in Activation('softmax'); here fc8 gives logits, and the softmax
             # belongs to the loss (cross_entropy) and to predict.
-            ("fc8", nn.Linear(4096, num_classes)),
+            ("fc8", nn.Linear(hidden, num_classes)),
         ]))
         self._init_weights()
 

@@ -47,7 +47,7 @@ def _lrn() -> nn.LocalResponseNorm:
 class PaperAlexNet(nn.Module):
     """Input 227x227 (native); anything from 35 px works. Returns logits (N, num_classes)."""
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5, hidden: int = 4096) -> None:
         super().__init__()
         self.features = nn.Sequential(OrderedDict([
             ("conv1", nn.Conv2d(3, 96, kernel_size=11, stride=4)),
@@ -69,15 +69,15 @@ class PaperAlexNet(nn.Module):
         ]))
         # Section 4.2: dropout on the outputs of the first two fully connected layers.
         self.classifier = nn.Sequential(OrderedDict([
-            ("fc6", nn.Linear(256 * 6 * 6, 4096)),
+            ("fc6", nn.Linear(256 * 6 * 6, hidden)),
             ("relu6", nn.ReLU(inplace=True)),
             ("drop6", nn.Dropout(p=dropout)),
-            ("fc7", nn.Linear(4096, 4096)),
+            ("fc7", nn.Linear(hidden, hidden)),
             ("relu7", nn.ReLU(inplace=True)),
             ("drop7", nn.Dropout(p=dropout)),
             # The paper's 1000-way softmax is not a layer here: fc8 gives logits, and the
             # softmax belongs to the loss (cross_entropy) and to predict.
-            ("fc8", nn.Linear(4096, num_classes)),
+            ("fc8", nn.Linear(hidden, num_classes)),
         ]))
         self._init_weights()
 

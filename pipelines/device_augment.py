@@ -1,0 +1,96 @@
+"""Training augmentation split across the cluster: plans on the Ray Data CPU workers, pixels on
+the train worker's GPU (`data.decode: gpu`).
+
+When CPUs cannot decode JPEGs as fast as the GPUs train (8 GPUs on a node with a few dozen
+cores), the CPU side only reads the Parquet rows and draws each image's random choices
+(`TrainPreset.plan`, from the stored width and height, no decoding), and the train worker
+decodes the batch with nvJPEG and crops, flips and lights it with torch on its own device.
+The random choices are the same function of (seed, epoch, image id) as on the CPU path, so a
+run's augmentation does not depend on where it was executed; pixel values can differ by the
+rounding of the two resize and lighting implementations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.augment import TrainPreset, decode, decode_jpeg_batch, image_key, image_rng
+
+
+def plan_batch(batch: dict, *, preset: TrainPreset, seed: int | None, epoch: int = 0, clock=None,
+               keep_key: bool = False) -> dict:
+    """`map_batches` entry point: stored rows -> `image` (the encoded bytes, untouched), `label`,
+    `plan` (float32, one PLAN_FIELDS row per image), `height`, `width`, and `key` (as in
+    augment.apply_preset) when `keep_key`."""
+    if clock is not None:
+        epoch = clock.get()
+    n = len(batch["image"])
+    shared = np.random.default_rng() if seed is None else None
+    plans = np.empty((n, 10), dtype=np.float32)
+    for i in range(n):
+        rng = shared if shared is not None else image_rng(seed, epoch, image_key(str(batch["id"][i])))
+        plans[i] = preset.plan(int(batch["width"][i]), int(batch["height"][i]), rng)
+    out = {"image": batch["image"], "label": np.asarray(batch["label"], dtype=np.int64), "plan": plans,
+           "height": batch["height"], "width": batch["width"]}  # raw pixels need their shape
+    if keep_key:
+        out["key"] = np.fromiter((image_key(str(i)) for i in batch["id"]), dtype=np.int64, count=n)
+    return out
+
+
+def augment_on_device(batch: dict, preset: TrainPreset, device) -> dict:
+    """A planned numpy batch -> {"image": uint8 (N, 3, crop, crop), "label": int64} on `device`.
+    JPEGs are decoded in one nvJPEG call on a CUDA device (libjpeg otherwise); PNG and raw rows
+    are decoded by PIL on the host and copied over."""
+    import torch
+
+    images = _decode_all(batch, device)
+    plans = np.asarray(batch["plan"], dtype=np.float64)
+    out = torch.empty((len(images), 3, preset.crop, preset.crop), dtype=torch.uint8, device=device)
+    for i, (img, plan) in enumerate(zip(images, plans)):
+        width, height = int(plan[0]), int(plan[1])
+        x = img
+        if (x.shape[1], x.shape[2]) != (height, width):  # the paper's crop upscales small images first
+            x = _resize(x, height, width)
+        left, top, right, bottom = (int(v) for v in plan[2:6])
+        x = x[:, top:bottom, left:right]
+        if preset.random_resized_crop:
+            x = _resize(x, preset.crop, preset.crop)
+        if plan[6]:
+            x = x.flip(-1)
+        if preset.pca_std > 0:
+            shift = torch.as_tensor(preset.lighting_shift(plan[7:10]), dtype=torch.float32, device=device)
+            x = (x.float() + shift.view(3, 1, 1)).round_().clamp_(0, 255).to(torch.uint8)
+        out[i] = x
+    labels = torch.as_tensor(np.asarray(batch["label"], dtype=np.int64)).to(device, non_blocking=True)
+    return {"image": out, "label": labels}
+
+
+def _resize(x, height: int, width: int):
+    """uint8 (3, H, W) -> uint8 (3, height, width), bilinear with antialiasing like PIL's."""
+    import torch
+    import torch.nn.functional as F
+
+    y = F.interpolate(x[None].float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return y[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _is_jpeg(data) -> bool:
+    return bytes(data[:3]) == b"\xff\xd8\xff"
+
+
+def _decode_all(batch: dict, device) -> list:
+    """Each row's image as a uint8 (3, H, W) tensor on `device`, in row order."""
+    import torch
+
+    data = list(batch["image"])
+    jpeg = [i for i, b in enumerate(data) if _is_jpeg(b)]
+    images: list = [None] * len(data)
+    for i, t in zip(jpeg, decode_jpeg_batch([bytes(data[i]) for i in jpeg], str(device)) if jpeg else []):
+        images[i] = t
+    for i, b in enumerate(data):
+        if images[i] is None:
+            h = int(batch["height"][i]) if "height" in batch else 0
+            w = int(batch["width"][i]) if "width" in batch else 0
+            pixels = np.asarray(decode(bytes(b), height=h, width=w), dtype=np.uint8).transpose(2, 0, 1)
+            images[i] = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
+    return images
