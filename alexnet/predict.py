@@ -147,6 +147,7 @@ def read_images(data: str | os.PathLike, model, *, split: str | None = None, cro
     preset = ValPreset(crop=crop, resize=resize)
     if (root / DATASET_FILE).is_file():
         from pipelines.dataset import load_info
+        from pipelines.loader import read_shards
 
         info = load_info(root)
         splits = [split] if split else list(info.shards)
@@ -154,7 +155,7 @@ def read_images(data: str | os.PathLike, model, *, split: str | None = None, cro
         if not paths:
             raise UserError(f"--data {root}: no shards for split {split!r}; it has {', '.join(info.shards)}")
         raw = ["height", "width"] if info.image_format == "raw" else []
-        ds = ray.data.read_parquet(paths, columns=["id", "image", "label", "source", *raw])
+        ds = read_shards(paths, ["id", "image", "label", "source", *raw])
         if list(info.classes) != list(model.classes):
             ds = ds.map_batches(_relabel, fn_kwargs={"mapping": _label_map(info.classes, model.classes)},
                                 batch_format="numpy")

@@ -1,8 +1,8 @@
 """Parquet dataset -> Ray Data pipelines of augmented batches, for training and validation.
 
-Lazy and streaming: read_parquet -> map_batches (decode + augment, fused into one task per file
-on the CPU workers) -> Ray Train's streaming split; nothing is materialised and every epoch
-re-executes the pipeline, with a fresh file order.
+Lazy and streaming: read_parquet (one read task per file) -> map_batches (decode + augment, in
+tasks of `batch_rows` images on the CPU workers) -> Ray Train's streaming split; nothing is
+materialised and every epoch re-executes the pipeline, with a fresh file order.
 
 Per epoch, with W train workers, batch size B per worker and N training images: Ray Train's
 default DataConfig splits the stream with `streaming_split(W, equal=True)`, so every worker gets
@@ -22,6 +22,7 @@ SplitCoordinator._barrier): no task of epoch e+1 can run before rank 0 set e+1, 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 from pipelines.augment import TrainPreset, ValPreset, apply_preset
 from pipelines.dataset import DatasetInfo
@@ -81,6 +82,33 @@ class EpochClock:
         return EpochClock, (self._handle,)
 
 
+@contextmanager
+def _per_file_reads():
+    """Ray Data 2.60's default Parquet reader (DataSourceV2) packs small files into one read task
+    whose single output block then feeds a single map task: a 2000-image epoch was decoded by one
+    core while the others idled (measured: 1 read task, 1 map task; 540 img/s on 2 CPUs and 400
+    on 16). The per-file reader splits the work across the cluster (900 img/s on 2 CPUs; see
+    benchmarks/RESULTS.md). The flag is read only while read_parquet builds the plan, so it is
+    restored right after; the Dataset keeps its own copy of the context."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = ctx.use_datasource_v2
+    ctx.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        ctx.use_datasource_v2 = before
+
+
+def read_shards(paths: list[str], columns: list[str], **kw):
+    """`ray.data.read_parquet` of a dataset's shards, one read task per file (see _per_file_reads)."""
+    import ray.data
+
+    with _per_file_reads():
+        return ray.data.read_parquet(paths, columns=columns, **kw)
+
+
 def _columns(info: DatasetInfo) -> list[str]:
     return COLUMNS + (RAW_COLUMNS if info.image_format == "raw" else [])
 
@@ -91,7 +119,7 @@ def _check_crop(info: DatasetInfo, crop: int, option: str) -> None:
 
 
 def train_dataset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool, seed: int | None,
-                  random_resized_crop: bool = False, clock: EpochClock | None = None, batch_rows: int = 64,
+                  random_resized_crop: bool = False, clock: EpochClock | None = None, batch_rows: int = 128,
                   epoch: int = 0, keep_key: bool = False, num_cpus: float = 1.0,
                   concurrency: int | None = None, decode_on_device: bool = False):
     """The training pipeline: columns `image` (uint8 N,3,crop,crop) and `label` (int64), plus
@@ -112,7 +140,6 @@ def train_dataset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool, s
     Files are shuffled anew each execution (= each epoch): with a seed, by FileShuffleConfig(seed)
     whose order is seeded by hash((seed, execution index)); unseeded, from fresh entropy.
     """
-    import ray.data
     from ray.data import FileShuffleConfig
 
     _check_crop(info, crop, "data.crop")
@@ -122,7 +149,7 @@ def train_dataset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool, s
     preset = train_preset(info, crop=crop, pca_std=pca_std, flip=flip, random_resized_crop=random_resized_crop)
     shuffle = FileShuffleConfig(seed=seed) if seed is not None else "files"
     columns = COLUMNS + RAW_COLUMNS if decode_on_device else _columns(info)
-    ds = ray.data.read_parquet(info.shard_paths("train"), columns=columns, shuffle=shuffle)
+    ds = read_shards(info.shard_paths("train"), columns, shuffle=shuffle)
     if decode_on_device:
         return ds.map_batches(plan_batch, batch_size=batch_rows, batch_format="numpy", zero_copy_batch=True,
                               fn_kwargs={"preset": preset, "seed": seed, "epoch": epoch, "clock": clock,
@@ -141,20 +168,19 @@ def train_preset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool,
                        pca_std=pca_std, flip=flip, random_resized_crop=random_resized_crop)
 
 
-def val_dataset(info: DatasetInfo, *, crop: int, resize: int, ten_crop: bool = False, batch_rows: int = 64,
+def val_dataset(info: DatasetInfo, *, crop: int, resize: int, ten_crop: bool = False, batch_rows: int = 128,
                 keep_key: bool = False, num_cpus: float = 1.0, concurrency: int | None = None):
     """The evaluation pipeline (deterministic): shorter side resized to `resize` px, centre crop
     of `crop` px -> `image` uint8 (N,3,crop,crop), `label` int64. `ten_crop=True`: `image` is uint8
     (N,10,3,crop,crop), the 4 corners + centre and the same of the mirrored image (the paper's
     test-time averaging; the evaluator averages the 10 predictions over dim 1). Other keywords as
     in `train_dataset`."""
-    import ray.data
 
     _check_crop(info, crop, "data.crop")
     if resize < crop:
         raise UserError(f"data.resize={resize} is smaller than data.crop={crop}")
     preset = ValPreset(crop=crop, resize=resize, ten_crop=ten_crop)
-    ds = ray.data.read_parquet(info.shard_paths("val"), columns=_columns(info))
+    ds = read_shards(info.shard_paths("val"), _columns(info))
     return ds.map_batches(apply_preset, batch_size=batch_rows, batch_format="numpy", zero_copy_batch=True,
                           fn_kwargs={"preset": preset, "seed": None, "keep_key": keep_key},
                           num_cpus=num_cpus, concurrency=concurrency)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -19,14 +16,22 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster on loop
 VENV_BIN = Path(sys.executable).parent
 
 
+_RAY: dict = {}
+
+
 @pytest.fixture(scope="session")
 def ray_local():
-    """One real local Ray for the session, on 2 CPUs like the CI machine."""
+    """One real local Ray for the session, on 2 CPUs like the CI machine, with its dashboard
+    (and so the job server) on a free loopback port. Job drivers inherit this environment, so
+    `python` there must be this virtualenv's."""
     import ray
     import ray.data
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR",
-             log_to_driver=False)
+    os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ.pop("RAY_ADDRESS", None)
+    ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+                   logging_level="ERROR", log_to_driver=False)
+    _RAY.update(dashboard_url=ctx.dashboard_url, session_dir=ctx.address_info["session_dir"])
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
@@ -56,66 +61,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_ray_head(temp: str) -> tuple[subprocess.Popen, str]:
-    """`ray start --head --block` on fresh loopback ports; returns (process, job-server address), or
-    raises with the tail of Ray's own output so a failure on a CI machine can be diagnosed."""
-    dash = free_port()
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true",
-           f"--temp-dir={temp}", "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
-           f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-           f"--metrics-export-port={free_port()}"]
-    log = Path(temp) / "ray-start.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
-    deadline = time.monotonic() + 150  # a loaded 2-core CI machine can take well over a minute
+@pytest.fixture(scope="session")
+def ray_head(ray_local) -> str:
+    """The Ray Jobs API server (the dashboard) of the session's local Ray, on loopback: jobs
+    submitted here run as they would on a cluster, in their own driver process with the
+    project as working_dir. One cluster for the whole session rather than a second `ray start`
+    beside it: half the daemons on a 2-core machine, and one thing fewer that can fail to start."""
+    address = f"http://{_RAY['dashboard_url']}"
+    deadline = time.monotonic() + 120
     while True:
         try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
-            return proc, address
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                break
+            urllib.request.urlopen(f"{address}/api/version", timeout=5).read()
+            return address
+        except OSError as err:
+            if time.monotonic() > deadline:
+                logs = Path(_RAY["session_dir"]) / "logs" / "dashboard.log"
+                tail = "\n".join(logs.read_text(errors="replace").splitlines()[-25:]) if logs.is_file() else ""
+                raise RuntimeError(f"the Ray job server at {address} did not answer: {err}\n{tail}") from err
             time.sleep(0.5)
-    _stop_ours(temp, proc)
-    tails = [f"--- {f}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-25:])
-             for f in [log, *Path(temp).glob("session_*/logs/dashboard.log")] if f.is_file()]
-    raise RuntimeError(f"ray start did not bring up a job server at {address} "
-                       f"(exit {proc.poll()})\n" + "\n".join(tails))
-
-
-def _stop_ours(temp: str, proc: subprocess.Popen) -> None:
-    """End our `ray start` and only the processes whose command line names our temp dir (never
-    `ray stop`, which would stop every Ray on the machine)."""
-    import psutil
-
-    ours = [p for p in psutil.process_iter(["cmdline"]) if temp in " ".join(p.info["cmdline"] or [])]
-    for p in ours:
-        p.terminate()
-    _, alive = psutil.wait_procs(ours, timeout=10)
-    for p in alive:
-        p.kill()
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
-
-
-@pytest.fixture(scope="session")
-def ray_head():
-    """A real Ray head with the job server on loopback. One retry on fresh ports: the ports are
-    picked free but released before Ray binds them, so another process can take one in between."""
-    temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # short: Ray's socket paths have a length limit
-    try:
-        proc, address = _start_ray_head(temp)
-    except RuntimeError as first:
-        print(f"ray_head: first start failed, retrying on new ports:\n{first}", file=sys.stderr)
-        proc, address = _start_ray_head(temp)
-    yield address
-    _stop_ours(temp, proc)
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -117,10 +117,10 @@ def main() -> None:
     modes = [("eager", False, "cpu"), ("eager_gpu_decode", False, "gpu")]
     modes += [] if args.skip_compile else [("compile", True, "cpu")]
     for mode, compile_, decode in modes:
-        cfg = load_config("smoke", [f"data.path={work / 'ds'}", "data.crop=224", "data.resize=256",
-                                    f"data.decode={decode}", "model.hidden=4096",  # the real AlexNet, not smoke's
-                                    f"optim.batch_size={args.batch}", f"optim.epochs={args.epochs}",
-                                    f"run.compile={compile_}", "run.keep_checkpoints=1"])
+        # torchvision's recipe (SGD 0.01 at batch 256, RandomResizedCrop) on one GPU
+        cfg = load_config("torchvision", [f"data.path={work / 'ds'}", f"data.decode={decode}", "run.num_workers=1",
+                                          f"optim.batch_size={args.batch}", f"optim.epochs={args.epochs}",
+                                          f"run.compile={compile_}", "run.keep_checkpoints=1"])
         run_id = client.create_run(exp).info.run_id
         t = time.perf_counter()
         outcome = fit(cfg, check_inputs(cfg), run_name=f"gpu-{mode}", storage=str(work / "runs"), tracking_uri=uri,
