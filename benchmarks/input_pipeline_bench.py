@@ -48,8 +48,13 @@ def make_dataset(root: Path, images: int, size: int, shards: int = 16) -> Path:
 
     from pipelines.dataset import SCHEMA, DatasetInfo, load_info, write_info
 
-    if (root / "dataset.json").is_file() and load_info(root).split_size("train") == images:
-        return root
+    if (root / "dataset.json").is_file():
+        info = load_info(root)
+        if info.split_size("train") == images and len(info.shard_paths("train")) == shards:
+            return root
+        import shutil
+
+        shutil.rmtree(root)
     rng = np.random.default_rng(0)
     (root / "train").mkdir(parents=True, exist_ok=True)
     per = -(-images // shards)
@@ -168,6 +173,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="stored image side, px")
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="Ray CPUs = DataLoader workers")
+    parser.add_argument("--shards", type=int, default=16, help="Parquet files (Ray Data runs one task per file)")
     parser.add_argument("--epochs", type=int, default=2, help="the best epoch is reported (the first warms up)")
     parser.add_argument("--data", default="/tmp/alexnet-bench/input-pipeline")
     parser.add_argument("--out", default="benchmarks/results/input_pipeline.json")
@@ -175,7 +181,7 @@ def main() -> None:
 
     from pipelines.dataset import load_info
 
-    info = load_info(make_dataset(Path(args.data), args.images, args.size))
+    info = load_info(make_dataset(Path(args.data), args.images, args.size, args.shards))
     load_before = os.getloadavg()[0]
     per_core = decode_ceiling(info)
     ray_rates = ray_data_rate(info, args.cpus, args.epochs, args.crop)
@@ -184,7 +190,7 @@ def main() -> None:
     ray_best, torch_best = max(ray_rates), max(torch_rates)
     ceiling = per_core * args.cpus
     result = {
-        "images": args.images, "stored_px": args.size, "crop": args.crop, "batch": BATCH, "cpus": args.cpus,
+        "images": args.images, "shards": args.shards, "stored_px": args.size, "crop": args.crop, "batch": BATCH, "cpus": args.cpus,
         "ray_data_images_per_s": [round(r, 1) for r in ray_rates],
         "dataloader_images_per_s": [round(r, 1) for r in torch_rates],
         "decode_per_core_images_per_s": round(per_core, 1), "decode_ceiling_images_per_s": round(ceiling, 1),

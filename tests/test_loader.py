@@ -64,12 +64,11 @@ def test_gpu_decode_path_augments_each_image_like_the_cpu_path(info, crop, rrc, 
     """data.decode=gpu: Ray Data only plans, the train worker decodes and augments with torch (on
     the CPU device where there is no GPU, with nvJPEG on CUDA). Same crops, flips and lighting per
     image as the CPU path: exact up to lighting rounding for the paper's crop; resizes (upscaled
-    small images, RandomResizedCrop) differ by PIL's vs torch's bilinear filter only, and nvJPEG's
-    IDCT by a few levels from libjpeg's."""
+    small images, RandomResizedCrop) differ by PIL's vs torch's bilinear filter only. nvJPEG
+    upsamples chroma differently from libjpeg (measured on an H100: mean |diff| 1.3-2.6, p99 16-33
+    at the shapes' hard edges), so on CUDA each image must instead be less than half as far from
+    its own CPU augmentation as from that augmentation mirrored: a wrong crop or flip is not."""
     import torch
-
-    if device == "cuda":
-        tolerance += 8
 
     kw = dict(crop=crop, pca_std=0.1, flip=True, seed=3, epoch=1, keep_key=True, random_resized_crop=rrc)
     on_cpu = _by_key(train_dataset(info, **kw))
@@ -83,7 +82,12 @@ def test_gpu_decode_path_augments_each_image_like_the_cpu_path(info, crop, rrc, 
     assert on_device.keys() == on_cpu.keys()
     diff = np.stack([np.abs(on_cpu[k].astype(int) - on_device[k].astype(int)) for k in on_cpu])
     print(f"{device} crop={crop} rrc={rrc}: mean |diff| {diff.mean():.3f}, p99 {np.percentile(diff, 99)}")
-    assert diff.mean() < (0.5 if device == "cpu" else 1.5) and np.percentile(diff, 99) <= tolerance
+    if device == "cpu":
+        assert diff.mean() < 0.5 and np.percentile(diff, 99) <= tolerance
+        return
+    own = diff.reshape(len(diff), -1).mean(axis=1)
+    mirrored = np.array([np.abs(on_cpu[k][..., ::-1].astype(int) - on_device[k].astype(int)).mean() for k in on_cpu])
+    assert diff.mean() < 4 and (own * 2 < mirrored).mean() >= 0.9, (own, mirrored)
 
 
 def test_file_order_changes_between_executions(info):
