@@ -7,7 +7,7 @@ Baseline: the same model, optimiser and batch size in one process, on the same t
 decoded and augmented once into memory beforehand (so it pays no decoding at all), using every core.
 Both run on the whole machine, so the ratio is also the per-core ratio.
 
-    .venv/bin/python benchmarks/train_bench.py [--images-per-class 120] [--epochs 4] [--out benchmarks/train_bench.json]
+    .venv/bin/python benchmarks/train_bench.py [--images-per-class 120] [--epochs 4] [--out benchmarks/results/train_bench.json]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images-per-class", type=int, default=120)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--out", default=str(Path(__file__).with_name("train_bench.json")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("results") / "train_bench.json"))
     args = ap.parse_args()
     import ray
 

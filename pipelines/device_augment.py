@@ -40,7 +40,9 @@ def plan_batch(batch: dict, *, preset: TrainPreset, seed: int | None, epoch: int
 def augment_on_device(batch: dict, preset: TrainPreset, device) -> dict:
     """A planned numpy batch -> {"image": uint8 (N, 3, crop, crop), "label": int64} on `device`.
     JPEGs are decoded in one nvJPEG call on a CUDA device (libjpeg otherwise); PNG and raw rows
-    are decoded by PIL on the host and copied over."""
+    are decoded by PIL on the host and copied over. Crops (and resizes) are per image, as the
+    images differ in size; flips and lighting then run once for the whole batch (a per-channel
+    shift commutes with a mirror, so the result is the per-image order's)."""
     import torch
 
     images = _decode_all(batch, device)
@@ -53,14 +55,15 @@ def augment_on_device(batch: dict, preset: TrainPreset, device) -> dict:
             x = _resize(x, height, width)
         left, top, right, bottom = (int(v) for v in plan[2:6])
         x = x[:, top:bottom, left:right]
-        if preset.random_resized_crop:
-            x = _resize(x, preset.crop, preset.crop)
-        if plan[6]:
-            x = x.flip(-1)
-        if preset.pca_std > 0:
-            shift = torch.as_tensor(preset.lighting_shift(plan[7:10]), dtype=torch.float32, device=device)
-            x = (x.float() + shift.view(3, 1, 1)).round_().clamp_(0, 255).to(torch.uint8)
-        out[i] = x
+        out[i] = _resize(x, preset.crop, preset.crop) if preset.random_resized_crop else x
+    flipped = np.flatnonzero(plans[:, 6])
+    if len(flipped):
+        index = torch.as_tensor(flipped, device=device)
+        out[index] = out[index].flip(-1)
+    if preset.pca_std > 0:
+        shifts = np.stack([preset.lighting_shift(plan[7:10]) for plan in plans])
+        shift = torch.as_tensor(shifts, dtype=torch.float32).to(device, non_blocking=True).view(-1, 3, 1, 1)
+        out = (out.float() + shift).round_().clamp_(0, 255).to(torch.uint8)
     labels = torch.as_tensor(np.asarray(batch["label"], dtype=np.int64)).to(device, non_blocking=True)
     return {"image": out, "label": labels}
 
