@@ -64,7 +64,7 @@ def augment_on_device(batch: dict, preset: TrainPreset, device) -> dict:
         shifts = np.stack([preset.lighting_shift(plan[7:10]) for plan in plans])
         shift = torch.as_tensor(shifts, dtype=torch.float32).to(device, non_blocking=True).view(-1, 3, 1, 1)
         out = (out.float() + shift).round_().clamp_(0, 255).to(torch.uint8)
-    labels = torch.as_tensor(np.asarray(batch["label"], dtype=np.int64)).to(device, non_blocking=True)
+    labels = torch.tensor(np.asarray(batch["label"], dtype=np.int64), device=device)  # a copy: Ray's arrays are read-only
     return {"image": out, "label": labels}
 
 
