@@ -158,7 +158,8 @@ def resume_point(cfg: Config, storage: str, run_name: str, resume_from: str | No
         with _checkpoint_dir(path) as d:
             meta = checkpoint.read_meta(d)
     except (FileNotFoundError, OSError, RuntimeError, ValueError, KeyError) as err:
-        raise UserError(f"--resume-from {resume_from}: not a checkpoint ({err})") from None
+        what = f"--resume-from {resume_from}" if own is None else f"run {run_name!r}'s latest checkpoint {path}"
+        raise UserError(f"{what}: not a readable checkpoint ({err})") from None
     differs = checkpoint.mismatches(meta, cfg.to_dict(), num_classes)
     if differs:
         how = (f"run {run_name!r} already has checkpoints; choose another --run-name to start afresh"

@@ -60,10 +60,17 @@ def shorter_side(img: Image.Image, size: int) -> Image.Image:
 PLAN_FIELDS = ("width", "height", "left", "top", "right", "bottom", "flip", "alpha_r", "alpha_g", "alpha_b")
 
 
+def lighting_shift(eigval: Sequence[float], eigvec: Sequence[Sequence[float]], alpha) -> np.ndarray:
+    """The paper's PCA lighting: the RGB shift sum_k alpha_k lambda_k p_k (0-1 scale, times 255) for
+    coefficients alpha of shape (3,), or one shift per row for alpha of shape (N, 3)."""
+    weighted = np.asarray(alpha, dtype=np.float64) * np.asarray(eigval, dtype=np.float64)
+    return weighted @ np.asarray(eigvec, dtype=np.float64).T * 255.0
+
+
 def lighting_lut(eigval: Sequence[float], eigvec: Sequence[Sequence[float]], alpha: np.ndarray) -> list[int]:
-    """The paper's PCA lighting as a PIL `point` table: add sum_k alpha_k lambda_k p_k (0-1 scale,
-    times 255) to every pixel's RGB, rounded and clipped to 0..255. 768 entries, R then G then B."""
-    shift = (np.asarray(eigvec, dtype=np.float64) @ (np.asarray(eigval, dtype=np.float64) * alpha)) * 255.0
+    """The paper's PCA lighting as a PIL `point` table: add `lighting_shift` to every pixel's RGB,
+    rounded and clipped to 0..255. 768 entries, R then G then B."""
+    shift = lighting_shift(eigval, eigvec, alpha)
     levels = np.arange(256, dtype=np.float64)
     return np.concatenate([np.clip(np.rint(levels + s), 0, 255) for s in shift]).astype(np.int64).tolist()
 
@@ -124,11 +131,6 @@ class TrainPreset:
         flip = self.flip and rng.random() < 0.5
         alpha = rng.normal(0.0, self.pca_std, size=3) if self.pca_std > 0 else np.zeros(3)
         return np.array([width, height, *box, float(flip), *alpha], dtype=np.float64)
-
-    def lighting_shift(self, alpha: Sequence[float]) -> np.ndarray:
-        """The RGB shift (0-255 scale) of the paper's PCA lighting for coefficients alpha."""
-        return (np.asarray(self.eigvec, dtype=np.float64) @ (np.asarray(self.eigval, dtype=np.float64)
-                                                              * np.asarray(alpha))) * 255.0
 
     def image(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
         """One decoded image -> uint8 (3, crop, crop)."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.augment import TrainPreset, decode, decode_jpeg_batch, image_key, image_rng
+from pipelines.augment import (PLAN_FIELDS, TrainPreset, decode, decode_jpeg_batch, image_key, image_rng,
+                               lighting_shift)
 
 
 def plan_batch(batch: dict, *, preset: TrainPreset, seed: int | None, epoch: int = 0, clock=None,
@@ -26,7 +27,7 @@ def plan_batch(batch: dict, *, preset: TrainPreset, seed: int | None, epoch: int
         epoch = clock.get()
     n = len(batch["image"])
     shared = np.random.default_rng() if seed is None else None
-    plans = np.empty((n, 10), dtype=np.float32)
+    plans = np.empty((n, len(PLAN_FIELDS)), dtype=np.float32)
     for i in range(n):
         rng = shared if shared is not None else image_rng(seed, epoch, image_key(str(batch["id"][i])))
         plans[i] = preset.plan(int(batch["width"][i]), int(batch["height"][i]), rng)
@@ -61,7 +62,7 @@ def augment_on_device(batch: dict, preset: TrainPreset, device) -> dict:
         index = torch.as_tensor(flipped, device=device)
         out[index] = out[index].flip(-1)
     if preset.pca_std > 0:
-        shifts = np.stack([preset.lighting_shift(plan[7:10]) for plan in plans])
+        shifts = lighting_shift(preset.eigval, preset.eigvec, plans[:, 7:10])  # (N, 3), one matmul
         shift = torch.as_tensor(shifts, dtype=torch.float32).to(device, non_blocking=True).view(-1, 3, 1, 1)
         out = (out.float() + shift).round_().clamp_(0, 255).to(torch.uint8)
     labels = torch.tensor(np.asarray(batch["label"], dtype=np.int64), device=device)  # a copy: Ray's arrays are read-only

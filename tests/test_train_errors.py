@@ -53,3 +53,10 @@ def test_placement_refuses_more_gpus_than_the_cluster_has_and_leaves_cpus_to_ray
     assert plan_placement(load_config("smoke"), {"CPU": 16, "GPU": 1}).use_gpu  # auto-detected
     with pytest.raises(UserError, match="leaves no CPU for Ray Data"):
         plan_placement(load_config("smoke", ["run.cpus_per_worker=1", "run.num_workers=2"]), {"CPU": 2})
+
+
+def test_resume_from_a_path_that_is_no_checkpoint_exits_2_naming_the_option(shapes_dataset, tmp_path, capsys):
+    rc = main(["train", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), "--recipe", "smoke",
+               "--resume-from", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"--resume-from {tmp_path / 'nowhere'}: not a readable checkpoint" in err[0], err
