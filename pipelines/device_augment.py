@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.augment import (PLAN_FIELDS, TrainPreset, decode, decode_jpeg_batch, image_key, image_rng,
-                               lighting_shift)
+from pipelines.augment import (PLAN_FIELDS, TrainPreset, decode_array, decode_jpeg_batch, image_key, image_rng,
+                               lighting_shift, resize_chw)
 
 
 def plan_batch(batch: dict, *, preset: TrainPreset, seed: int | None, epoch: int = 0, clock=None,
@@ -53,10 +53,10 @@ def augment_on_device(batch: dict, preset: TrainPreset, device) -> dict:
         width, height = int(plan[0]), int(plan[1])
         x = img
         if (x.shape[1], x.shape[2]) != (height, width):  # the paper's crop upscales small images first
-            x = _resize(x, height, width)
+            x = resize_chw(x, height, width)
         left, top, right, bottom = (int(v) for v in plan[2:6])
         x = x[:, top:bottom, left:right]
-        out[i] = _resize(x, preset.crop, preset.crop) if preset.random_resized_crop else x
+        out[i] = resize_chw(x, preset.crop, preset.crop) if preset.random_resized_crop else x
     flipped = np.flatnonzero(plans[:, 6])
     if len(flipped):
         index = torch.as_tensor(flipped, device=device)
@@ -67,15 +67,6 @@ def augment_on_device(batch: dict, preset: TrainPreset, device) -> dict:
         out = (out.float() + shift).round_().clamp_(0, 255).to(torch.uint8)
     labels = torch.tensor(np.asarray(batch["label"], dtype=np.int64), device=device)  # a copy: Ray's arrays are read-only
     return {"image": out, "label": labels}
-
-
-def _resize(x, height: int, width: int):
-    """uint8 (3, H, W) -> uint8 (3, height, width), bilinear with antialiasing like PIL's."""
-    import torch
-    import torch.nn.functional as F
-
-    y = F.interpolate(x[None].float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    return y[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _is_jpeg(data) -> bool:
@@ -95,6 +86,5 @@ def _decode_all(batch: dict, device) -> list:
         if images[i] is None:
             h = int(batch["height"][i]) if "height" in batch else 0
             w = int(batch["width"][i]) if "width" in batch else 0
-            pixels = np.asarray(decode(bytes(b), height=h, width=w), dtype=np.uint8).transpose(2, 0, 1)
-            images[i] = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
+            images[i] = torch.from_numpy(np.ascontiguousarray(decode_array(bytes(b), height=h, width=w))).to(device)
     return images

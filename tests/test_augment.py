@@ -84,9 +84,28 @@ def test_pca_lighting_shifts_colour_along_the_eigenvector():
         assert abs(s @ direction) / np.linalg.norm(s) > 0.98  # parallel to the eigenvector
 
 
-def test_lighting_lut_clips_to_uint8_range():
-    lut = np.array(augment.lighting_lut((1.0, 0, 0), ((1.0, 0, 0), (0, 1.0, 0), (0, 0, 1.0)), np.array([1.0, 0, 0])))
-    assert lut.min() >= 0 and lut.max() <= 255 and lut[:256].min() == 255 and lut[256:512].tolist() == list(range(256))
+def test_flip_and_lighting_store_saturates_like_a_clipped_float_shift():
+    src = np.random.default_rng(0).integers(0, 256, size=(3, 7, 9), dtype=np.uint8)
+    src[:, 0, :3] = [0, 255, 128]  # the extremes, in every channel
+    for flip in (False, True):
+        for shift in (np.array([300.0, -0.4, 2.6]), np.array([-7.5001, 0.0, -300.0]), np.array([0.49, 254.6, -254.6])):
+            out = np.empty_like(src)
+            augment.store_flipped_lit(src, out, flip, shift)
+            mirrored = src[:, :, ::-1] if flip else src
+            expected = np.clip(np.rint(mirrored.astype(np.float64) + shift[:, None, None]), 0, 255)
+            assert np.array_equal(out, expected.astype(np.uint8)), (flip, shift)
+
+
+def test_decode_array_gives_pils_pixels_and_pils_errors():
+    src = _pixels(5, 33, 47)
+    for data in (_jpeg(src), _png(src)):
+        arr = augment.decode_array(data)
+        assert arr.shape == (3, 33, 47) and np.array_equal(arr, np.asarray(decode(data)).transpose(2, 0, 1))
+    grey = io.BytesIO()
+    Image.fromarray(src[:, :, 0]).save(grey, format="JPEG")
+    assert augment.decode_array(grey.getvalue()).shape == (3, 33, 47)
+    with pytest.raises(OSError):
+        augment.decode_array(_jpeg(src)[:40])  # truncated inside the header: PIL's error
 
 
 def test_random_resized_crop_shape_range_and_variety():
