@@ -1,8 +1,17 @@
 """Parquet dataset -> Ray Data pipelines of augmented batches, for training and validation.
 
-Lazy and streaming: read_parquet (one read task per file) -> map_batches (decode + augment, in
-tasks of `batch_rows` images on the CPU workers) -> Ray Train's streaming split; nothing is
-materialised and every epoch re-executes the pipeline, with a fresh file order.
+Lazy and streaming: a list of work units (a slice of one Parquet row group each) -> one
+map_batches operator whose tasks each read their unit and decode + augment it in batches of
+`batch_rows` images on the CPU workers -> Ray Train's streaming split. Nothing is materialised;
+every epoch re-executes the pipeline, and the units run in a new order each epoch (a seeded
+function of (seed, epoch)).
+
+Why not read_parquet -> map_batches: that is two operators, and on a small node Ray Data 2.60
+reserves a CPU for each (its ReservationOpResourceAllocator rounds each operator's share up to one
+task), so the decoding ran one task at a time while the reads lasted, which is the whole epoch
+(task spans on 2 CPUs; benchmarks/RESULTS.md). Reading inside the decoding task leaves one
+operator that may use every CPU, reads each row group once, and keeps tasks small enough to
+spread over many cores (`_task_rows`).
 
 Per epoch, with W train workers, batch size B per worker and N training images: Ray Train's
 default DataConfig splits the stream with `streaming_split(W, equal=True)`, so every worker gets
@@ -22,6 +31,7 @@ SplitCoordinator._barrier): no task of epoch e+1 can run before rank 0 set e+1, 
 from __future__ import annotations
 
 import logging
+import secrets
 from contextlib import contextmanager
 
 from pipelines.augment import TrainPreset, ValPreset, apply_preset
@@ -102,15 +112,92 @@ def _per_file_reads():
 
 
 def read_shards(paths: list[str], columns: list[str], **kw):
-    """`ray.data.read_parquet` of a dataset's shards, one read task per file (see _per_file_reads).
-    Ray Data splits each file's rows into several blocks, and so the map_batches that follows runs
-    as its own operator with many small tasks: on 16 CPUs that streams twice as fast as fusing the
-    decoding into one task per file, on 2 CPUs about 15% slower (RESULTS.md); the many-core case
-    is the one that matters."""
+    """`ray.data.read_parquet` of a dataset's shards, one read task per file (see _per_file_reads):
+    the rows as stored, for `alexnet predict` over a dataset (training and evaluation read their
+    rows inside the decoding tasks instead, see the module docstring)."""
     import ray.data
 
     with _per_file_reads():
         return ray.data.read_parquet(paths, columns=columns, **kw)
+
+
+def _task_rows(total: int, cpus: float, batch_rows: int) -> int:
+    """Rows per work unit: about four units per CPU for the split (so that the last round of tasks
+    is short), at least one map batch, and at most 1024 images (~150 MB of 224 px output)."""
+    return int(min(1024, max(batch_rows, -(-total // max(1, int(4 * cpus))))))
+
+
+def _units(paths: list[str], cpus: float, batch_rows: int) -> list[dict]:
+    """Work units over the shards' row groups (footers only): {path, group, start, rows}, each at
+    most `_task_rows` rows. A row group bigger than that is split (each unit reads its group)."""
+    import pyarrow.parquet as pq
+
+    metas = [(path, pq.ParquetFile(path).metadata) for path in paths]
+    task_rows = _task_rows(sum(meta.num_rows for _, meta in metas), cpus, batch_rows)
+    units = []
+    for path, meta in metas:
+        for group in range(meta.num_row_groups):
+            n = meta.row_group(group).num_rows
+            units += [{"path": path, "group": group, "start": start, "rows": min(task_rows, n - start)}
+                      for start in range(0, n, task_rows)]
+    return units
+
+
+def _cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0)) if ray.is_initialized() else 1.0
+
+
+def _read_unit(unit: dict, columns: list[str]) -> dict:
+    """One work unit's rows as a numpy batch (columns -> arrays)."""
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(unit["path"]).read_row_group(unit["group"], columns=columns)
+    table = table.slice(unit["start"], unit["rows"])
+    return {c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}
+
+
+def unit_order(n: int, order_seed: int | None, epoch: int) -> list[int]:
+    """The order in which an epoch visits the n work units: a permutation seeded by (order_seed,
+    epoch); identity when order_seed is None (validation)."""
+    import numpy as np
+
+    if order_seed is None:
+        return list(range(n))
+    return np.random.default_rng([int(order_seed) & 0xFFFFFFFFFFFFFFFF, int(epoch)]).permutation(n).tolist()
+
+
+def _run_units(batch: dict, *, units: list[dict], columns: list[str], fn, fn_kwargs: dict, batch_rows: int,
+               order_seed: int | None, clock: "EpochClock | None", epoch: int):
+    """`map_batches` entry point (one unit index per call): reads this epoch's unit at that position
+    and yields `fn`'s output for every `batch_rows` rows of it. The epoch (from the clock, once per
+    unit) seeds both the unit order and the augmentation."""
+    import numpy as np
+
+    if clock is not None:
+        epoch = clock.get()
+    order = unit_order(len(units), order_seed, epoch)
+    for position in np.asarray(batch["item"]).tolist():
+        index = order[position]
+        rows = _read_unit(units[index], columns)
+        for start in range(0, units[index]["rows"], batch_rows):
+            part = {c: v[start:start + batch_rows] for c, v in rows.items()}
+            yield fn(part, epoch=epoch, clock=None, **fn_kwargs)
+
+
+def _unit_dataset(paths: list[str], columns: list[str], fn, fn_kwargs: dict, *, batch_rows: int,
+                  order_seed: int | None, clock, epoch: int, num_cpus: float, concurrency: int | None):
+    import ray.data
+
+    units = _units(paths, _cluster_cpus(), batch_rows)
+    items = ray.data.range(len(units), override_num_blocks=max(1, len(units)))  # one block, one task per unit
+    items = items.rename_columns({"id": "item"})
+    return items.map_batches(_run_units, batch_size=None, batch_format="numpy",
+                             fn_kwargs={"units": units, "columns": columns, "fn": fn, "fn_kwargs": fn_kwargs,
+                                        "batch_rows": batch_rows, "order_seed": order_seed, "clock": clock,
+                                        "epoch": epoch},
+                             num_cpus=num_cpus, concurrency=concurrency)
 
 
 def _columns(info: DatasetInfo) -> list[str]:
@@ -141,28 +228,20 @@ def train_dataset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool, s
     held by training still runs one task at a time); concurrency: cap on simultaneous map tasks
     (None: as many as free CPUs allow).
 
-    Files are shuffled anew each execution (= each epoch): with a seed, by FileShuffleConfig(seed)
-    whose order is seeded by hash((seed, execution index)); unseeded, from fresh entropy.
+    The work units (row-group slices) run in a new order each epoch, a function of (seed, epoch)
+    with the epoch read from `clock` (without a clock, every execution uses `epoch`'s order);
+    unseeded, the order's seed is drawn once per call.
     """
-    from ray.data import FileShuffleConfig
-
     _check_crop(info, crop, "data.crop")
     if seed is not None and clock is None:
         log.warning("train_dataset: seed without an EpochClock gives every epoch epoch %d's augmentations; "
                     "pass clock=EpochClock.create() and call clock.set(epoch) in the train loop", epoch)
     preset = train_preset(info, crop=crop, pca_std=pca_std, flip=flip, random_resized_crop=random_resized_crop)
-    shuffle = FileShuffleConfig(seed=seed) if seed is not None else "files"
     columns = COLUMNS + RAW_COLUMNS if decode_on_device else _columns(info)
-    ds = read_shards(info.shard_paths("train"), columns, shuffle=shuffle)
-    if decode_on_device:
-        return ds.map_batches(plan_batch, batch_size=batch_rows, batch_format="numpy", zero_copy_batch=True,
-                              fn_kwargs={"preset": preset, "seed": seed, "epoch": epoch, "clock": clock,
-                                         "keep_key": keep_key},
-                              num_cpus=num_cpus, concurrency=concurrency)
-    return ds.map_batches(apply_preset, batch_size=batch_rows, batch_format="numpy", zero_copy_batch=True,
-                          fn_kwargs={"preset": preset, "seed": seed, "epoch": epoch, "clock": clock,
-                                     "keep_key": keep_key},
-                          num_cpus=num_cpus, concurrency=concurrency)
+    order_seed = seed if seed is not None else secrets.randbits(63)
+    return _unit_dataset(info.shard_paths("train"), columns, plan_batch if decode_on_device else apply_preset,
+                         {"preset": preset, "seed": seed, "keep_key": keep_key}, batch_rows=batch_rows,
+                         order_seed=order_seed, clock=clock, epoch=epoch, num_cpus=num_cpus, concurrency=concurrency)
 
 
 def train_preset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool,
@@ -184,7 +263,6 @@ def val_dataset(info: DatasetInfo, *, crop: int, resize: int, ten_crop: bool = F
     if resize < crop:
         raise UserError(f"data.resize={resize} is smaller than data.crop={crop}")
     preset = ValPreset(crop=crop, resize=resize, ten_crop=ten_crop)
-    ds = read_shards(info.shard_paths("val"), _columns(info))
-    return ds.map_batches(apply_preset, batch_size=batch_rows, batch_format="numpy", zero_copy_batch=True,
-                          fn_kwargs={"preset": preset, "seed": None, "keep_key": keep_key},
-                          num_cpus=num_cpus, concurrency=concurrency)
+    return _unit_dataset(info.shard_paths("val"), _columns(info), apply_preset,
+                         {"preset": preset, "seed": None, "keep_key": keep_key}, batch_rows=batch_rows,
+                         order_seed=None, clock=None, epoch=0, num_cpus=num_cpus, concurrency=concurrency)

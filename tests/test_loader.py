@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.dataset import open_dataset
 from pipelines.device_augment import augment_on_device
-from pipelines.loader import EpochClock, train_dataset, train_preset, val_dataset
+from pipelines.loader import EpochClock, train_dataset, train_preset, unit_order, val_dataset
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +90,33 @@ def test_gpu_decode_path_augments_each_image_like_the_cpu_path(info, crop, rrc, 
     assert diff.mean() < 4 and (own * 2 < mirrored).mean() >= 0.9, (own, mirrored)
 
 
-def test_file_order_changes_between_executions(info):
-    assert len(info.shard_paths("train")) >= 3
-    ds = train_dataset(info, crop=32, pca_std=0.0, flip=False, seed=9, keep_key=True)
-    orders = [tuple(k for b in ds.iter_batches(batch_size=None) for k in b["key"].tolist()) for _ in range(3)]
-    assert len(set(orders)) > 1
-    assert all(sorted(o) == sorted(orders[0]) for o in orders)
+def test_unit_order_is_a_permutation_per_seed_and_epoch():
+    orders = {(seed, epoch): unit_order(40, seed, epoch) for seed in (1, 2) for epoch in (0, 1)}
+    assert all(sorted(o) == list(range(40)) for o in orders.values())
+    assert len({tuple(o) for o in orders.values()}) == 4
+    assert unit_order(40, 1, 1) == orders[(1, 1)] and unit_order(5, None, 3) == [0, 1, 2, 3, 4]
+
+
+def test_epochs_visit_the_units_in_their_seeded_order(info, ray_local):
+    """With preserve_order (so that task timing cannot reorder the stream), an epoch's row order
+    is the same for the same (seed, epoch), another for the next epoch, and covers the split."""
+    from ray.data import DataContext
+
+    clock = EpochClock.create()
+    ctx = DataContext.get_current()
+    before = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    try:
+        def keys(epoch: int) -> list[int]:
+            clock.set(epoch)
+            ds = train_dataset(info, crop=32, pca_std=0.0, flip=False, seed=9, keep_key=True, clock=clock, batch_rows=4)
+            return [k for b in ds.iter_batches(batch_size=None) for k in b["key"].tolist()]
+
+        first, again, other = keys(0), keys(0), keys(1)
+    finally:
+        ctx.execution_options.preserve_order = before
+    assert first == again and first != other and sorted(first) == sorted(other)
+    assert len(first) == info.split_size("train")
 
 
 def test_epoch_clock_round_trips_and_pickles(ray_local):
