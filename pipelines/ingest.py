@@ -266,6 +266,10 @@ def ingest(source: str | os.PathLike, dest: str | os.PathLike, opts: IngestOptio
             total_bytes += nbytes
     if opts.strict and rejects:
         raise _strict_error(rejects)
+    # Shards in content-id order, not the source's (class folder by class folder): a row group
+    # then holds every class, so a training epoch that streams a few row groups at a time, with
+    # a bounded shuffle buffer, still mixes classes within each batch. The order is deterministic.
+    todo.sort(key=lambda t: t["id"])
     path_of = {t["id"]: t["path"] for t in todo}
 
     # Pass 2: encode + write shards into staging.

@@ -98,6 +98,9 @@ def test_dataset_layout_metadata_and_deterministic_split(ray_local, tmp_path):
     for split in ("train", "val"):
         for shard in info.shard_paths(split):
             assert pq.read_schema(shard).equals(SCHEMA, check_metadata=False)
+    for shard in info.shard_paths("train"):  # content-id order (classes mixed), not the source's order
+        ids = pq.read_table(shard, columns=["id"]).column("id").to_pylist()
+        assert ids == sorted(ids)
     rows = _rows(dest)
     for r in rows:
         assert r["split"] == split_for(r["id"], 0.25)
