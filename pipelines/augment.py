@@ -11,7 +11,8 @@ how Ray Data cut the stream into blocks and batches.
 Speed (the CPU path decodes every training image every epoch): JPEGs are decoded by torchvision's
 libjpeg-turbo binding, which gives PIL's pixels in ~60% of PIL's time; crops are array views; the
 flip, the lighting and the HWC->CHW store are one pass per channel into the batch array (measured
-on a 256 px JPEG -> 224 crop: 0.70 ms per image with PIL crop/flip/LUT, 0.42 ms this way).
+on 256 px JPEGs -> 224 crops, batches of 128: 0.70 ms per image with PIL crop/flip/LUT, 0.52 ms
+this way).
 """
 
 from __future__ import annotations
