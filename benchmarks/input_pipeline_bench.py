@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="stored image side, px")
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="Ray CPUs = DataLoader workers")
-    parser.add_argument("--shards", type=int, default=16, help="Parquet files (Ray Data runs one task per file)")
+    parser.add_argument("--shards", type=int, default=16, help="Parquet files (one row group each)")
     parser.add_argument("--epochs", type=int, default=2, help="the best epoch is reported (the first warms up)")
     parser.add_argument("--data", default="/tmp/alexnet-bench/input-pipeline")
     parser.add_argument("--out", default="benchmarks/results/input_pipeline.json")

@@ -249,11 +249,9 @@ def _result(batch: dict, images: np.ndarray) -> dict:
     return out
 
 
-def apply_preset(batch: dict, *, preset, seed: int | None, epoch: int = 0, clock=None, keep_key: bool = False) -> dict:
-    """`map_batches` entry point. `preset` is a small frozen object, deserialised once per task;
-    `clock` (an EpochClock, or None for the fixed `epoch`) is read once per batch."""
-    if clock is not None:
-        epoch = clock.get()
+def apply_preset(batch: dict, *, preset, seed: int | None, epoch: int = 0, keep_key: bool = False) -> dict:
+    """A preset on one batch of stored rows, dropping `key` unless asked (pipelines.loader calls it
+    for every `batch_rows` rows of a work unit, with the epoch it read once per unit)."""
     out = preset(batch, seed=seed, epoch=epoch)
     if not keep_key:
         out.pop("key", None)

@@ -18,13 +18,10 @@ from pipelines.augment import (PLAN_FIELDS, TrainPreset, decode_array, decode_jp
                                lighting_shift, resize_chw)
 
 
-def plan_batch(batch: dict, *, preset: TrainPreset, seed: int | None, epoch: int = 0, clock=None,
-               keep_key: bool = False) -> dict:
-    """`map_batches` entry point: stored rows -> `image` (the encoded bytes, untouched), `label`,
-    `plan` (float32, one PLAN_FIELDS row per image), `height`, `width`, and `key` (as in
-    augment.apply_preset) when `keep_key`."""
-    if clock is not None:
-        epoch = clock.get()
+def plan_batch(batch: dict, *, preset: TrainPreset, seed: int | None, epoch: int = 0, keep_key: bool = False) -> dict:
+    """apply_preset's counterpart for `data.decode: gpu`: stored rows -> `image` (the encoded bytes,
+    untouched), `label`, `plan` (float32, one PLAN_FIELDS row per image), `height`, `width`, and
+    `key` (as in apply_preset) when `keep_key`."""
     n = len(batch["image"])
     shared = np.random.default_rng() if seed is None else None
     plans = np.empty((n, len(PLAN_FIELDS)), dtype=np.float32)

@@ -183,7 +183,7 @@ def _run_units(batch: dict, *, units: list[dict], columns: list[str], fn, fn_kwa
         rows = _read_unit(units[index], columns)
         for start in range(0, units[index]["rows"], batch_rows):
             part = {c: v[start:start + batch_rows] for c, v in rows.items()}
-            yield fn(part, epoch=epoch, clock=None, **fn_kwargs)
+            yield fn(part, epoch=epoch, **fn_kwargs)
 
 
 def _unit_dataset(paths: list[str], columns: list[str], fn, fn_kwargs: dict, *, batch_rows: int,
@@ -223,7 +223,7 @@ def train_dataset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool, s
     horizontal flip; seed: None = unseeded augmentation; random_resized_crop: torchvision's
     RandomResizedCrop(crop) instead of the paper's random crop; clock: where the tasks read the
     epoch (None: the fixed `epoch`, e.g. for tests and benchmarks); batch_rows: images per
-    `map_batches` call (peak task memory ~ batch_rows x crop^2 x 3 bytes, plus one file's block);
+    `map_batches` call (peak task memory ~ batch_rows x crop^2 x 3 bytes, plus one row group);
     num_cpus: CPUs each map task reserves (1: decoding is single-threaded; a 2-CPU node with 1 CPU
     held by training still runs one task at a time); concurrency: cap on simultaneous map tasks
     (None: as many as free CPUs allow).
