@@ -132,7 +132,7 @@ def _units(paths: list[str], cpus: float, batch_rows: int) -> list[dict]:
     most `_task_rows` rows. A row group bigger than that is split (each unit reads its group)."""
     import pyarrow.parquet as pq
 
-    metas = [(path, pq.ParquetFile(path).metadata) for path in paths]
+    metas = [(path, _footer(path)) for path in paths]
     task_rows = _task_rows(sum(meta.num_rows for _, meta in metas), cpus, batch_rows)
     units = []
     for path, meta in metas:
@@ -141,6 +141,16 @@ def _units(paths: list[str], cpus: float, batch_rows: int) -> list[dict]:
             units += [{"path": path, "group": group, "start": start, "rows": min(task_rows, n - start)}
                       for start in range(0, n, task_rows)]
     return units
+
+
+def _footer(path: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata
+    except (OSError, pa.ArrowException) as err:
+        raise UserError(f"{path}: not a readable Parquet shard ({err})") from None
 
 
 def _cluster_cpus() -> float:

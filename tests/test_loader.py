@@ -190,3 +190,15 @@ def test_train_workers_get_equal_batches_covering_the_split(info, tmp_path, work
     # ... and match the same pipeline pinned to that epoch without a clock.
     pinned = _by_key(train_dataset(info, crop=32, pca_std=0.1, flip=True, seed=1, epoch=1, keep_key=True))
     assert all(int(pinned[k].astype(np.int64).sum()) == sums[1][k] for k in sums[1])
+
+
+def test_an_unreadable_shard_is_named_before_any_task_runs(info, tmp_path):
+    import dataclasses
+
+    from pipelines.errors import UserError
+
+    bad = tmp_path / "part-bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    broken = dataclasses.replace(info, shards={**info.shards, "train": [*info.shards["train"], str(bad)]})
+    with pytest.raises(UserError, match="part-bad.parquet: not a readable Parquet shard"):
+        train_dataset(broken, crop=32, pca_std=0.0, flip=False, seed=1)
