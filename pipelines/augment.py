@@ -26,6 +26,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from pipelines.imports import import_whole
+
 log = logging.getLogger(__name__)
 
 
@@ -58,11 +60,10 @@ def decode_array(data: bytes, *, height: int = 0, width: int = 0) -> np.ndarray:
     libjpeg-turbo decoder (same pixels as PIL's, less overhead); anything it cannot read (PNG, raw,
     or a JPEG it rejects) through `decode`, so a corrupt image still fails with PIL's message."""
     if data[:3] == b"\xff\xd8\xff":
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-
+        torch, tvio = import_whole("torch"), import_whole("torchvision.io")
         try:
-            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB).numpy()
+            return tvio.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                    mode=tvio.ImageReadMode.RGB).numpy()
         except RuntimeError:
             pass
     return np.asarray(decode(data, height=height, width=width), dtype=np.uint8).transpose(2, 0, 1)
@@ -81,7 +82,7 @@ def resize_chw(x, height: int, width: int):
 
 
 def _resize_array(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
-    import torch
+    torch = import_whole("torch")
 
     return resize_chw(torch.from_numpy(np.ascontiguousarray(pixels)), height, width).numpy()
 
