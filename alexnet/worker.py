@@ -15,6 +15,7 @@ import torch
 from alexnet import build_model, checkpoint
 from alexnet.config import from_dict
 from alexnet.engine import evaluate, reduce_sums, train_one_epoch
+from alexnet.prefetch import Primed
 from alexnet.schedules import Plateau, lr_at, scaled_lr
 from alexnet.tracking import MetricLogger, start_system_metrics
 from pipelines.device_augment import augment_on_device
@@ -83,27 +84,39 @@ def train_loop(loop_config: dict) -> None:
         train_shard = ray.train.get_dataset_shard("train")
         val_shard = ray.train.get_dataset_shard("val")
 
-        for epoch in range(start_epoch, cfg.optim.epochs):
-            lr = lr_at(epoch, base=base_lr, schedule=cfg.optim.schedule, epochs=cfg.optim.epochs,
-                       warmup_epochs=cfg.optim.warmup_epochs, plateau_scale=plateau.scale,
-                       step_size=cfg.optim.step_size)
+        def tell_clock(epoch: int) -> None:
             if clock is not None:
                 if rank == 0:
                     clock.set(epoch)
                 if world > 1:
                     torch.distributed.barrier()  # no worker asks for epoch e's batches before the clock says e
+
+        def host_batches(epoch: int):
+            return _host_batches(train_shard, loop_config.get("device_preset") is not None, device,
+                                 batch_size=per_worker, shuffle_buffer=cfg.data.shuffle_buffer or None,
+                                 shuffle_seed=cfg.data.seed * 100003 + epoch * 1009 + rank)
+
+        upcoming = None  # the next epoch's batches, their first one already being fetched
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            lr = lr_at(epoch, base=base_lr, schedule=cfg.optim.schedule, epochs=cfg.optim.epochs,
+                       warmup_epochs=cfg.optim.warmup_epochs, plateau_scale=plateau.scale,
+                       step_size=cfg.optim.step_size)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             epoch_start = time.perf_counter()
-            batches = _train_batches(train_shard, loop_config.get("device_preset"), device,
-                                     batch_size=per_worker, shuffle_buffer=cfg.data.shuffle_buffer or None,
-                                     shuffle_seed=cfg.data.seed * 100003 + epoch * 1009 + rank)
+            if upcoming is None:
+                tell_clock(epoch)
+                upcoming = host_batches(epoch)
+            batches, upcoming = _on_device(upcoming, loop_config.get("device_preset"), device), None
             tr = reduce_sums(
                 train_one_epoch(model, optimizer, batches, device, mean=mean, std=std, epoch=epoch,
                                 label_smoothing=cfg.optim.label_smoothing, amp_dtype=amp_dtype,
                                 channels_last=channels_last),
                 device,
             )
+            if epoch + 1 < cfg.optim.epochs:  # the next epoch's input starts under this validation
+                tell_clock(epoch + 1)
+                upcoming = Primed(lambda e=epoch + 1: host_batches(e), name=f"epoch-{epoch + 1}-input")
             val_batches = val_shard.iter_torch_batches(
                 batch_size=per_worker, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu")
             va = reduce_sums(evaluate(model, val_batches, device, mean=mean, std=std, amp_dtype=amp_dtype,
@@ -141,18 +154,24 @@ def train_loop(loop_config: dict) -> None:
             monitor.finish()
 
 
-def _train_batches(shard, device_preset, device, *, batch_size: int, shuffle_buffer: int | None, shuffle_seed: int):
-    """This worker's batches of one epoch as uint8 image / int64 label tensors. With a
-    `device_preset` (data.decode=gpu) the rows arrive encoded with their augmentation plans and are
-    decoded and augmented here, on the device; the time counts as data wait, as it is input work."""
-    if device_preset is None:
+def _host_batches(shard, encoded: bool, device, *, batch_size: int, shuffle_buffer: int | None, shuffle_seed: int):
+    """This worker's batches of one epoch from its Ray Data shard: uint8 image / int64 label tensors,
+    or, when `encoded` (data.decode=gpu), numpy rows still encoded, with their augmentation plans."""
+    if not encoded:
         return shard.iter_torch_batches(
             batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=shuffle_buffer,
             local_shuffle_seed=shuffle_seed, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu",
             pin_memory=device.type == "cuda", prefetch_batches=PREFETCH_BATCHES)
-    rows = shard.iter_batches(batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=shuffle_buffer,
+    return shard.iter_batches(batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=shuffle_buffer,
                               local_shuffle_seed=shuffle_seed, batch_format="numpy", prefetch_batches=PREFETCH_BATCHES)
-    return (augment_on_device(batch, device_preset, device) for batch in rows)
+
+
+def _on_device(host, device_preset, device):
+    """With a `device_preset` the encoded rows are decoded and augmented here, on the device, in the
+    train loop's thread; the time counts as data wait, as it is input work."""
+    if device_preset is None:
+        return host
+    return (augment_on_device(batch, device_preset, device) for batch in host)
 
 
 def _system_monitor(cfg, ctx, loop_config: dict, *, resume: bool):

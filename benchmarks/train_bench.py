@@ -4,7 +4,8 @@ Full path: Parquet -> Ray Data (decode + augment on CPU tasks) -> TorchTrainer (
 as `alexnet train` runs it; images/s and the data-wait fraction are the worker's own per-epoch
 metrics (read back from MLflow), the median over epochs after the first.
 Baseline: the same model, optimiser and batch size in one process, on the same training images
-decoded and augmented once into memory beforehand (so it pays no decoding at all), using every core.
+decoded and augmented once into memory beforehand (so it pays no decoding at all), using every core,
+after Ray has been shut down (no idle daemons beside it).
 Both run on the whole machine, so the ratio is also the per-core ratio.
 
     .venv/bin/python benchmarks/train_bench.py [--images-per-class 120] [--epochs 4] [--workers 1,2] [--out benchmarks/results/train_bench.json]
@@ -104,8 +105,8 @@ def main() -> None:
     cfg = load_config("demo", [f"data.path={work / 'ds'}", f"optim.epochs={args.epochs}"])
     info = check_inputs(cfg)
     runs = [pipeline(cfg, info, int(w), work) for w in args.workers.split(",")]
+    ray.shutdown()  # the baseline gets the machine to itself: no idle Ray daemons beside it
     base = plain_loop(cfg, info, args.epochs)
-    ray.shutdown()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     result = {
