@@ -121,19 +121,7 @@ def train_loop(loop_config: dict) -> None:
                 batch_size=per_worker, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu")
             va = reduce_sums(evaluate(model, val_batches, device, mean=mean, std=std, amp_dtype=amp_dtype,
                                       channels_last=channels_last), device)
-            wall = time.perf_counter() - epoch_start
-            val_n = max(1.0, va["images"])
-            metrics = {
-                "epoch": epoch,
-                "train/loss": tr["loss_sum"] / max(1.0, tr["images"]),
-                "val/loss": va["loss_sum"] / val_n,
-                "val/top1": va["top1"] / val_n,
-                "val/top5": va["top5"] / val_n,
-                "lr": lr,
-                "throughput/images_per_s": tr["images"] / max(1e-9, tr["seconds"] / world),
-                "throughput/data_wait_fraction": tr["data_wait_s"] / max(1e-9, tr["seconds"]),
-                "time/epoch_s": wall,
-            }
+            metrics = epoch_metrics(epoch, lr, tr, va, wall_s=time.perf_counter() - epoch_start, world=world)
             if cfg.optim.schedule == "plateau":
                 plateau.update(metrics["val/top1"])
             report = {k.replace("/", "_"): v for k, v in metrics.items()}
@@ -152,6 +140,23 @@ def train_loop(loop_config: dict) -> None:
     finally:
         if monitor is not None:
             monitor.finish()
+
+
+def epoch_metrics(epoch: int, lr: float, tr: dict, va: dict, *, wall_s: float, world: int) -> dict:
+    """One epoch's reported metrics from the train and val sums over all workers (`reduce_sums`).
+    Images/s is global: all workers' images over the mean worker's train time."""
+    val_n = max(1.0, va["images"])
+    return {
+        "epoch": epoch,
+        "train/loss": tr["loss_sum"] / max(1.0, tr["images"]),
+        "val/loss": va["loss_sum"] / val_n,
+        "val/top1": va["top1"] / val_n,
+        "val/top5": va["top5"] / val_n,
+        "lr": lr,
+        "throughput/images_per_s": tr["images"] / max(1e-9, tr["seconds"] / world),
+        "throughput/data_wait_fraction": tr["data_wait_s"] / max(1e-9, tr["seconds"]),
+        "time/epoch_s": wall_s,
+    }
 
 
 def _host_batches(shard, encoded: bool, device, *, batch_size: int, shuffle_buffer: int | None, shuffle_seed: int):

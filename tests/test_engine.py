@@ -88,3 +88,16 @@ def test_normalize_maps_uint8_to_standardised_float_per_channel():
     y = normalize(x, mean, std, channels_last=True)
     assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
     assert y[:, 0].eq(1.0).all() and y[:, 1].eq(1.0).all() and y[:, 2].eq(0.0).all()
+
+
+def test_epoch_metrics_are_global_over_the_workers_sums():
+    from alexnet.worker import epoch_metrics
+
+    # two workers, each 100 images in 4 s of which 1 s waiting for data (reduce_sums adds them)
+    tr = {"loss_sum": 300.0, "images": 200, "seconds": 8.0, "data_wait_s": 2.0}
+    va = {"loss_sum": 50.0, "images": 25, "top1": 20, "top5": 25}
+    m = epoch_metrics(3, 0.01, tr, va, wall_s=5.5, world=2)
+    assert m["throughput/images_per_s"] == 50.0  # 200 images in 4 s of wall time, not 8
+    assert m["throughput/data_wait_fraction"] == 0.25
+    assert (m["train/loss"], m["val/loss"], m["val/top1"], m["val/top5"]) == (1.5, 2.0, 0.8, 1.0)
+    assert (m["epoch"], m["lr"], m["time/epoch_s"]) == (3, 0.01, 5.5)
