@@ -81,6 +81,7 @@ def train_loop(loop_config: dict) -> None:
     monitor = _system_monitor(cfg, ctx, loop_config, resume=resumed is not None)
     try:
         clock = loop_config.get("clock")  # pipelines.loader.EpochClock: tells the augmentation tasks the epoch
+        device_preset = loop_config.get("device_preset")  # data.decode=gpu: augment here, on the device
         train_shard = ray.train.get_dataset_shard("train")
         val_shard = ray.train.get_dataset_shard("val")
 
@@ -92,7 +93,7 @@ def train_loop(loop_config: dict) -> None:
                     torch.distributed.barrier()  # no worker asks for epoch e's batches before the clock says e
 
         def host_batches(epoch: int):
-            return _host_batches(train_shard, loop_config.get("device_preset") is not None, device,
+            return _host_batches(train_shard, device_preset is not None, device,
                                  batch_size=per_worker, shuffle_buffer=cfg.data.shuffle_buffer or None,
                                  shuffle_seed=cfg.data.seed * 100003 + epoch * 1009 + rank)
 
@@ -107,7 +108,7 @@ def train_loop(loop_config: dict) -> None:
             if upcoming is None:
                 tell_clock(epoch)
                 upcoming = host_batches(epoch)
-            batches, upcoming = _on_device(upcoming, loop_config.get("device_preset"), device), None
+            batches, upcoming = _on_device(upcoming, device_preset, device), None
             tr = reduce_sums(
                 train_one_epoch(model, optimizer, batches, device, mean=mean, std=std, epoch=epoch,
                                 label_smoothing=cfg.optim.label_smoothing, amp_dtype=amp_dtype,

@@ -199,8 +199,9 @@ class TrainPreset:
         shared = np.random.default_rng() if seed is None else None  # unseeded: fresh entropy per batch
         for i in range(n):
             rng = shared if shared is not None else image_rng(seed, epoch, image_key(str(batch["id"][i])))
-            self.array(decode_array(batch["image"][i], height=_dim(batch, "height", i), width=_dim(batch, "width", i)),
-                       rng, out=out[i])
+            pixels = decode_array(batch["image"][i], height=stored_dim(batch, "height", i),
+                                  width=stored_dim(batch, "width", i))
+            self.array(pixels, rng, out=out[i])
         return _result(batch, out)
 
 
@@ -235,12 +236,14 @@ class ValPreset:
         return _result(batch, out)
 
 
-def _dim(batch: dict, column: str, i: int) -> int:
-    return int(batch[column][i]) if column in batch else 0  # only raw pixels need their shape
+def stored_dim(batch: dict, column: str, i: int) -> int:
+    """Row i's stored `height` or `width`, 0 where the batch lacks it (only raw pixels need it)."""
+    return int(batch[column][i]) if column in batch else 0
 
 
 def _decode_row(batch: dict, i: int, draft: int | None = None) -> Image.Image:
-    return decode(batch["image"][i], height=_dim(batch, "height", i), width=_dim(batch, "width", i), draft=draft)
+    return decode(batch["image"][i], height=stored_dim(batch, "height", i), width=stored_dim(batch, "width", i),
+                  draft=draft)
 
 
 def _result(batch: dict, images: np.ndarray) -> dict:

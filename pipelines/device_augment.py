@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.augment import (PLAN_FIELDS, TrainPreset, decode_array, decode_jpeg_batch, image_key, image_rng,
-                               lighting_shift, resize_chw)
+                               lighting_shift, resize_chw, stored_dim)
 
 
 def plan_batch(batch: dict, *, preset: TrainPreset, seed: int | None, epoch: int = 0, keep_key: bool = False) -> dict:
@@ -81,7 +81,6 @@ def _decode_all(batch: dict, device) -> list:
         images[i] = t
     for i, b in enumerate(data):
         if images[i] is None:
-            h = int(batch["height"][i]) if "height" in batch else 0
-            w = int(batch["width"][i]) if "width" in batch else 0
-            images[i] = torch.from_numpy(np.ascontiguousarray(decode_array(bytes(b), height=h, width=w))).to(device)
+            pixels = decode_array(bytes(b), height=stored_dim(batch, "height", i), width=stored_dim(batch, "width", i))
+            images[i] = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
     return images

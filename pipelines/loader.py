@@ -130,7 +130,6 @@ def _task_rows(total: int, cpus: float, batch_rows: int) -> int:
 def _units(paths: list[str], cpus: float, batch_rows: int) -> list[dict]:
     """Work units over the shards' row groups (footers only): {path, group, start, rows}, each at
     most `_task_rows` rows. A row group bigger than that is split (each unit reads its group)."""
-
     metas = [(path, _footer(path)) for path in paths]
     task_rows = _task_rows(sum(meta.num_rows for _, meta in metas), cpus, batch_rows)
     units = []
