@@ -14,12 +14,12 @@ import hashlib
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alexnet.provenance import COMMIT_ENV, git_commit
 from pipelines.errors import UserError
 
 COMMANDS = ("train", "ingest", "predict", "evaluate")
@@ -101,18 +101,6 @@ def forwarded_env(extra: dict | None = None, environ=os.environ) -> dict:
     return env
 
 
-def git_commit(root: Path = PROJECT_ROOT) -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    if out.returncode != 0:
-        return ""
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
 def config_hash(command: str, args: list[str] | tuple[str, ...]) -> str:
     """sha256 over the command line and the content of any file it names (a recipe, say)."""
     h = hashlib.sha256(shlex.join([command, *args]).encode())
@@ -162,7 +150,10 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
     job_env = forwarded_env(env, environ)
     # Ray does not export the submission id to the entrypoint; train tags its MLflow run with it.
     job_env["RAY_JOB_SUBMISSION_ID"] = submission_id
-    meta = {"user": getpass.getuser(), "command": command, "config_hash": digest, "git_commit": git_commit(),
+    commit = git_commit() or ""
+    if commit:
+        job_env[COMMIT_ENV] = commit  # the upload leaves .git behind: the job's run logs this commit
+    meta = {"user": getpass.getuser(), "command": command, "config_hash": digest, "git_commit": commit,
             **({"run_name": run_name} if run_name else {}), **(metadata or {})}
     return JobSpec(command, tuple(args), submission_id, job_env, tuple(pip or ()),
                    {k: str(v) for k, v in meta.items()})

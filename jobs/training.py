@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import platform
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alexnet.config import Config, flatten, to_yaml
+from alexnet.provenance import git_commit
 from alexnet.tracking import (TrackingUnavailable, is_local_store, log_params, redact, set_tags, using_store,
                               tracked_run)
 from alexnet.trainer import check_inputs, fit, load_classifier, resume_point
@@ -46,15 +46,6 @@ class RunReport:
 def new_run_name(prefix: str) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{prefix}-{stamp}-{secrets.token_hex(2)}"
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def provenance(cfg: Config, info: DatasetInfo) -> dict:
