@@ -163,6 +163,10 @@ def validate(cfg: Config) -> None:
             raise UserError(message)
 
 
+def shipped_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
 def recipe_path(name_or_path: str) -> Path:
     """A shipped recipe name (`smoke`, `paper`) or a path to a YAML file."""
     path = Path(name_or_path)
@@ -172,8 +176,8 @@ def recipe_path(name_or_path: str) -> Path:
         return path
     shipped = RECIPES_DIR / f"{name_or_path}.yaml"
     if not shipped.is_file():
-        names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-        raise UserError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(names)} (or a path to a .yaml file)")
+        raise UserError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(shipped_recipes())} "
+                        "(or a path to a .yaml file)")
     return shipped
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipelines.augment import ValPreset
+from pipelines.augment import ValPreset, stored_dim
+from pipelines.decode import source_array
 from pipelines.errors import UserError
 from pipelines.images import IMAGE_EXTENSIONS
 
@@ -58,15 +59,21 @@ def geometry(model, crop: int | None = None, resize: int | None = None) -> tuple
     return int(crop), int(resize)
 
 
-def _preprocess(batch: dict, *, preset: ValPreset) -> dict:
-    """Stored/encoded images -> uint8 NCHW crops; an unreadable image is flagged, not fatal."""
+def _preprocess(batch: dict, *, preset: ValPreset, source_files: bool = False) -> dict:
+    """Images -> uint8 NCHW centre crops; an unreadable image is flagged, not fatal. Rows of a
+    dataset hold stored images; with `source_files` they hold the bytes of image files, decoded
+    as ingest decodes a source (any format, EXIF orientation applied), so a photo gets the
+    pixels it would have had in training."""
     n = len(batch["image"])
     images = np.zeros((n, 3, preset.crop, preset.crop), dtype=np.uint8)
     errors = [""] * n
     for i in range(n):
-        row = {key: batch[key][i : i + 1] for key in ("image", "height", "width") if key in batch}
         try:
-            images[i] = preset({**row, "label": [0]})["image"][0]
+            if source_files:
+                images[i] = preset.array(source_array(batch["image"][i]))
+            else:
+                images[i] = preset.stored(batch["image"][i], height=stored_dim(batch, "height", i),
+                                          width=stored_dim(batch, "width", i))
         except (ValueError, OSError) as err:  # ImageDecodeError is a ValueError
             errors[i] = str(err) or type(err).__name__
     labels = batch.get("label")
@@ -154,8 +161,7 @@ def read_images(data: str | os.PathLike, model, *, split: str | None = None, cro
         paths = [p for s in splits for p in info.shard_paths(s)]
         if not paths:
             raise UserError(f"--data {root}: no shards for split {split!r}; it has {', '.join(info.shards)}")
-        raw = ["height", "width"] if info.image_format == "raw" else []
-        ds = read_shards(paths, ["id", "image", "label", "source", *raw])
+        ds = read_shards(paths, ["id", "image", "label", "source", "height", "width"])
         if list(info.classes) != list(model.classes):
             ds = ds.map_batches(_relabel, fn_kwargs={"mapping": _label_map(info.classes, model.classes)},
                                 batch_format="numpy")
@@ -167,6 +173,8 @@ def read_images(data: str | os.PathLike, model, *, split: str | None = None, cro
         labels = [index.get(Path(f).parent.name, -1) for f in files]
         ds = ray.data.from_items([{"path": f, "label": y} for f, y in zip(files, labels)])
         ds = ds.map_batches(_read_files, batch_format="numpy")
+        return ds.map_batches(_preprocess, fn_kwargs={"preset": preset, "source_files": True}, batch_format="numpy",
+                              batch_size=64)
     else:
         raise UserError(f"--data {root}: not a directory")
     return ds.map_batches(_preprocess, fn_kwargs={"preset": preset}, batch_format="numpy", batch_size=64)

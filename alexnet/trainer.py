@@ -84,6 +84,22 @@ def check_inputs(cfg: Config) -> DatasetInfo:
     return info
 
 
+def scale_note(cfg: Config, stored: int) -> str | None:
+    """One line when the recipe's scale is far from the size the images were stored at (ingest's
+    --resize): what was stored, what the recipe asks, what that costs. None when they fit."""
+    resize = cfg.data.resize
+    if stored >= 2 * resize:
+        return (f"data: images are stored at {stored} px (shorter side) and this recipe scales them to "
+                f"data.resize={resize}: every epoch decodes ~{(stored / resize) ** 2:.0f}x the pixels it uses "
+                f"(JPEG DCT scaling saves part of that); for faster epochs, ingest a copy at this size with "
+                f"`alexnet ingest SOURCE DEST --resize {resize}`")
+    if 0 < stored and stored * 1.5 <= resize:
+        return (f"data: images are stored at {stored} px (shorter side) and this recipe scales them up to "
+                f"data.resize={resize}: the network sees no detail finer than {stored} px holds, at "
+                f"~{(resize / stored) ** 2:.0f}x the compute per image of a recipe at that size")
+    return None
+
+
 def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, tracking_uri: str, run_id: str,
         resume_from: str | None = None) -> Outcome:
     import ray
@@ -100,7 +116,7 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
         print(f"resuming run {run_name} from its checkpoint at epoch {resume[1]}: {resume[0]}", flush=True)
     clock = EpochClock.create()
     datasets = {
-        "train": train_dataset(info, crop=cfg.data.crop, pca_std=cfg.data.pca_lighting, flip=cfg.data.flip,
+        "train": train_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting, flip=cfg.data.flip,
                                seed=cfg.data.seed, random_resized_crop=cfg.data.random_resized_crop, clock=clock,
                                decode_on_device=placement.gpu_decode),
         "val": val_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, ten_crop=cfg.data.ten_crop_eval),
@@ -118,7 +134,7 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
             "run_name": run_name,
             "clock": clock,
             # data.decode=gpu: the worker decodes and augments the planned rows with this preset
-            "device_preset": train_preset(info, crop=cfg.data.crop, pca_std=cfg.data.pca_lighting,
+            "device_preset": train_preset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
                                           flip=cfg.data.flip, random_resized_crop=cfg.data.random_resized_crop)
             if placement.gpu_decode else None,
         },

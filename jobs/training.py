@@ -145,7 +145,7 @@ def log_report(run_id: str, tracking_uri: str, classifier, info: DatasetInfo, cf
         scores, labels, preds = evaluate(classifier, info, ten_crop=cfg.data.ten_crop_eval)
         cm = report.confusion_matrix(labels, preds, info.num_classes)
         rows = report.per_class_rows(cm, info.classes)
-        sample = train_dataset(info, crop=cfg.data.crop, pca_std=cfg.data.pca_lighting, flip=cfg.data.flip,
+        sample = train_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting, flip=cfg.data.flip,
                                seed=None, random_resized_crop=cfg.data.random_resized_crop).take(SAMPLE_GRID_IMAGES)
         with tempfile.TemporaryDirectory() as tmp:
             report.confusion_png(cm, info.classes, Path(tmp) / "confusion_matrix.png")

@@ -3,7 +3,7 @@ the train worker's GPU (`data.decode: gpu`).
 
 When CPUs cannot decode JPEGs as fast as the GPUs train (8 GPUs on a node with a few dozen
 cores), the CPU side only reads the Parquet rows and draws each image's random choices
-(`TrainPreset.plan`, from the stored width and height, no decoding), and the train worker
+(`TrainPreset.plans`, from the stored width and height, no decoding), and the train worker
 decodes the batch with nvJPEG and crops, flips and lights it with torch on its own device.
 The random choices are the same function of (seed, epoch, image id) as on the CPU path, so a
 run's augmentation does not depend on where it was executed; pixel values can differ by the
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.augment import (PLAN_FIELDS, TrainPreset, decode_array, decode_jpeg_batch, image_key, image_rng,
-                               lighting_shift, resize_chw, stored_dim)
+from pipelines.augment import TrainPreset, image_keys, lighting_shift, resize_chw, stored_dim
+from pipelines.decode import decode_jpeg_batch, decode_stored, is_jpeg
 
 
 def plan_batch(batch: dict, *, preset: TrainPreset, seed: int | None, epoch: int = 0, keep_key: bool = False) -> dict:
@@ -23,15 +23,12 @@ def plan_batch(batch: dict, *, preset: TrainPreset, seed: int | None, epoch: int
     untouched), `label`, `plan` (float32, one PLAN_FIELDS row per image), `height`, `width`, and
     `key` (as in apply_preset) when `keep_key`."""
     n = len(batch["image"])
-    shared = np.random.default_rng() if seed is None else None
-    plans = np.empty((n, len(PLAN_FIELDS)), dtype=np.float32)
-    for i in range(n):
-        rng = shared if shared is not None else image_rng(seed, epoch, image_key(str(batch["id"][i])))
-        plans[i] = preset.plan(int(batch["width"][i]), int(batch["height"][i]), rng)
+    keys = image_keys(batch["id"])
+    plans = preset.plans(batch["width"], batch["height"], keys, seed=seed, epoch=epoch).astype(np.float32)
     out = {"image": batch["image"], "label": np.asarray(batch["label"], dtype=np.int64), "plan": plans,
            "height": batch["height"], "width": batch["width"]}  # raw pixels need their shape
     if keep_key:
-        out["key"] = np.fromiter((image_key(str(i)) for i in batch["id"]), dtype=np.int64, count=n)
+        out["key"] = keys.astype(np.int64)
     return out
 
 
@@ -66,21 +63,17 @@ def augment_on_device(batch: dict, preset: TrainPreset, device) -> dict:
     return {"image": out, "label": labels}
 
 
-def _is_jpeg(data) -> bool:
-    return bytes(data[:3]) == b"\xff\xd8\xff"
-
-
 def _decode_all(batch: dict, device) -> list:
     """Each row's image as a uint8 (3, H, W) tensor on `device`, in row order."""
     import torch
 
     data = list(batch["image"])
-    jpeg = [i for i, b in enumerate(data) if _is_jpeg(b)]
+    jpeg = [i for i, b in enumerate(data) if is_jpeg(b)]
     images: list = [None] * len(data)
     for i, t in zip(jpeg, decode_jpeg_batch([bytes(data[i]) for i in jpeg], str(device)) if jpeg else []):
         images[i] = t
     for i, b in enumerate(data):
         if images[i] is None:
-            pixels = decode_array(bytes(b), height=stored_dim(batch, "height", i), width=stored_dim(batch, "width", i))
+            pixels = decode_stored(b, height=stored_dim(batch, "height", i), width=stored_dim(batch, "width", i))
             images[i] = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
     return images

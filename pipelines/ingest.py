@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import cifar, images, stats
+from pipelines.decode import ImageDecodeError, is_jpeg, open_source
 from pipelines.dataset import INFO_FILE, SCHEMA, SPLITS, DatasetInfo, load_info, write_info
 from pipelines.errors import UserError
 from pipelines.sources import Listing, list_source, read_source
@@ -109,16 +110,17 @@ def _hash_batch(batch: dict) -> dict:
 def _encode(data: bytes, opts: IngestOptions) -> tuple[bytes, int, int, np.ndarray]:
     """Source bytes -> (stored bytes, height, width, stored pixels). Raises ImageDecodeError."""
     target = opts.raw_size if opts.image_format == "raw" else opts.resize
-    img, (w0, h0), mode, rotated = images.decode_for_ingest(data, target)
+    source = open_source(data, target)
+    img, (w0, h0), mode, rotated = source.image, source.size, source.mode, source.rotated
     if min(w0, h0) < opts.min_side:
-        raise images.ImageDecodeError(f"too small: {w0}x{h0} px, shorter side below --min-side {opts.min_side}")
+        raise ImageDecodeError(f"too small: {w0}x{h0} px, shorter side below --min-side {opts.min_side}")
     if opts.image_format == "raw":
         pixels = np.asarray(images.center_square(img, opts.raw_size), dtype=np.uint8)
         return pixels.tobytes(), opts.raw_size, opts.raw_size, pixels
     resized = images.resize_shorter_side(img, opts.resize) if opts.resize else img
     pixels = np.asarray(resized, dtype=np.uint8)
     if (opts.image_format == "jpeg" and resized is img and mode == "RGB" and not rotated
-            and images.is_jpeg(data)):
+            and is_jpeg(data)):
         stored = data  # the source JPEG already fits: keep its bytes, no second lossy encode
     else:
         stored = images.encode(resized, opts.image_format, opts.quality)
@@ -149,7 +151,7 @@ def _encode_and_write(batch: dict, *, opts: IngestOptions, staging: str) -> dict
             shard = f"{split}/{shard_name}"
             if split == "train":
                 s, o, c = stats.moments(pixels)
-        except images.ImageDecodeError as err:
+        except ImageDecodeError as err:
             reject = str(err)
         except OSError as err:
             reject = f"unreadable: {err.strerror or err}"

@@ -41,8 +41,9 @@ from pipelines.errors import UserError
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["id", "image", "label"]
-RAW_COLUMNS = ["height", "width"]  # raw pixels carry their shape in these
+# The stored size lets a task draw every image's crop before decoding it, and decode a JPEG at
+# reduced size when the recipe needs at most half of it (and raw pixels carry their shape in it).
+COLUMNS = ["id", "image", "label", "height", "width"]
 
 
 class _Clock:
@@ -208,16 +209,14 @@ def _unit_dataset(paths: list[str], columns: list[str], fn, fn_kwargs: dict, *, 
                              num_cpus=num_cpus, concurrency=concurrency)
 
 
-def _columns(info: DatasetInfo) -> list[str]:
-    return COLUMNS + (RAW_COLUMNS if info.image_format == "raw" else [])
-
-
-def _check_crop(info: DatasetInfo, crop: int, option: str) -> None:
+def _check_geometry(crop: int, resize: int) -> None:
     if crop < 1:
-        raise UserError(f"{option}={crop}: the crop must be at least 1 px")
+        raise UserError(f"data.crop={crop}: the crop must be at least 1 px")
+    if resize < crop:
+        raise UserError(f"data.resize={resize} is smaller than data.crop={crop}")
 
 
-def train_dataset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool, seed: int | None,
+def train_dataset(info: DatasetInfo, *, crop: int, resize: int, pca_std: float, flip: bool, seed: int | None,
                   random_resized_crop: bool = False, clock: EpochClock | None = None, batch_rows: int = 128,
                   epoch: int = 0, keep_key: bool = False, num_cpus: float = 1.0,
                   concurrency: int | None = None, decode_on_device: bool = False):
@@ -227,7 +226,8 @@ def train_dataset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool, s
     pipelines.device_augment.plan_batch): the train worker decodes and augments on its GPU
     with `augment_on_device(batch, train_preset(info, ...), device)`.
 
-    crop: px; pca_std: std of the PCA lighting coefficients (paper 0.1, 0 = off); flip: random
+    crop: px; resize: px, shorter side every image is scaled to before the paper's crop (as
+    validation does before its centre crop); pca_std: std of the PCA lighting coefficients (paper 0.1, 0 = off); flip: random
     horizontal flip; seed: None = unseeded augmentation; random_resized_crop: torchvision's
     RandomResizedCrop(crop) instead of the paper's random crop; clock: where the tasks read the
     epoch (None: the fixed `epoch`, e.g. for tests and benchmarks); batch_rows: images per
@@ -240,22 +240,39 @@ def train_dataset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool, s
     with the epoch read from `clock` (without a clock, every execution uses `epoch`'s order);
     unseeded, the order's seed is drawn once per call.
     """
-    _check_crop(info, crop, "data.crop")
+    _check_geometry(crop, resize)
     if seed is not None and clock is None:
         log.warning("train_dataset: seed without an EpochClock gives every epoch epoch %d's augmentations; "
                     "pass clock=EpochClock.create() and call clock.set(epoch) in the train loop", epoch)
-    preset = train_preset(info, crop=crop, pca_std=pca_std, flip=flip, random_resized_crop=random_resized_crop)
-    columns = COLUMNS + RAW_COLUMNS if decode_on_device else _columns(info)
+    preset = train_preset(info, crop=crop, resize=resize, pca_std=pca_std, flip=flip,
+                          random_resized_crop=random_resized_crop)
     order_seed = seed if seed is not None else secrets.randbits(63)
-    return _unit_dataset(info.shard_paths("train"), columns, plan_batch if decode_on_device else apply_preset,
+    return _unit_dataset(info.shard_paths("train"), COLUMNS, plan_batch if decode_on_device else apply_preset,
                          {"preset": preset, "seed": seed, "keep_key": keep_key}, batch_rows=batch_rows,
                          order_seed=order_seed, clock=clock, epoch=epoch, num_cpus=num_cpus, concurrency=concurrency)
 
 
-def train_preset(info: DatasetInfo, *, crop: int, pca_std: float, flip: bool,
+def stored_side(info: DatasetInfo) -> int:
+    """The shorter side, in px, of the training images as the dataset stores them: ingest's
+    --resize (or --raw-size), else the median over the stored sizes (read from the footers' columns,
+    not the images)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    params = info.params or {}
+    if info.image_format == "raw" and params.get("raw_size"):
+        return int(params["raw_size"])
+    if params.get("resize"):
+        return int(params["resize"])
+    sides = [np.minimum(t["height"].to_numpy(), t["width"].to_numpy())
+             for t in (pq.read_table(path, columns=["height", "width"]) for path in info.shard_paths("train"))]
+    return int(np.median(np.concatenate(sides))) if sides else 0
+
+
+def train_preset(info: DatasetInfo, *, crop: int, resize: int, pca_std: float, flip: bool,
                  random_resized_crop: bool = False) -> TrainPreset:
     """The training augmentation for this dataset (its PCA eigenvalues/vectors for the lighting)."""
-    return TrainPreset(crop=crop, eigval=tuple(info.pca_eigval), eigvec=tuple(map(tuple, info.pca_eigvec)),
+    return TrainPreset(crop=crop, resize=resize, eigval=tuple(info.pca_eigval), eigvec=tuple(map(tuple, info.pca_eigvec)),
                        pca_std=pca_std, flip=flip, random_resized_crop=random_resized_crop)
 
 
@@ -266,11 +283,8 @@ def val_dataset(info: DatasetInfo, *, crop: int, resize: int, ten_crop: bool = F
     (N,10,3,crop,crop), the 4 corners + centre and the same of the mirrored image (the paper's
     test-time averaging; the evaluator averages the 10 predictions over dim 1). Other keywords as
     in `train_dataset`."""
-
-    _check_crop(info, crop, "data.crop")
-    if resize < crop:
-        raise UserError(f"data.resize={resize} is smaller than data.crop={crop}")
+    _check_geometry(crop, resize)
     preset = ValPreset(crop=crop, resize=resize, ten_crop=ten_crop)
-    return _unit_dataset(info.shard_paths("val"), _columns(info), apply_preset,
+    return _unit_dataset(info.shard_paths("val"), COLUMNS, apply_preset,
                          {"preset": preset, "seed": None, "keep_key": keep_key}, batch_rows=batch_rows,
                          order_seed=None, clock=None, epoch=0, num_cpus=num_cpus, concurrency=concurrency)

@@ -48,14 +48,16 @@ def _draw_shape(draw: ImageDraw.ImageDraw, name: str, box: tuple[float, float, f
         raise ValueError(f"unknown shape {name!r}")
 
 
-def render(name: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """One image of class `name`, size x size RGB."""
+def render(name: str, size: int | tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """One image of class `name`: `size` x `size` RGB, or (width, height). The shape spans 44-76%
+    of the shorter side, anywhere in the image."""
+    width, height = (size, size) if isinstance(size, int) else size
     base = rng.integers(0, 256, size=3)
-    noise = rng.normal(0, 18, size=(size, size, 3))
+    noise = rng.normal(0, 18, size=(height, width, 3))
     img = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1))
     draw = ImageDraw.Draw(img)
-    r = rng.uniform(0.22, 0.38) * size
-    cx, cy = rng.uniform(r, size - r, size=2)
+    r = rng.uniform(0.22, 0.38) * min(width, height)
+    cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
     fill = _colour(rng)
     while np.abs(np.array(fill) - base).sum() < 120:  # keep the shape visible against the background
         fill = _colour(rng)
@@ -63,14 +65,18 @@ def render(name: str, size: int, rng: np.random.Generator) -> Image.Image:
     return img
 
 
-def write_demo_images(root: Path, per_class: int = 120, size: int = 72, seed: int = 0) -> Path:
-    """Write ROOT/<class>/<i>.{jpg,png}; alternate formats so both decoders are exercised."""
+def write_demo_images(root: Path, per_class: int = 120, size: int = 72, seed: int = 0,
+                      classes: tuple[str, ...] = CLASSES, sizes: tuple[int, int] | None = None) -> Path:
+    """Write ROOT/<class>/<i>.{jpg,png}; alternate formats so both decoders are exercised. Images are
+    `size` px squares, or with `sizes=(lo, hi)` each side drawn from lo..hi px (photos are rarely
+    square, and rarely the size a recipe trains at)."""
     rng = np.random.default_rng(seed)
-    for name in CLASSES:
+    for name in classes:
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            img = render(name, size, rng)
+            shape = size if sizes is None else tuple(int(v) for v in rng.integers(sizes[0], sizes[1] + 1, size=2))
+            img = render(name, shape, rng)
             if i % 2:
                 img.save(folder / f"{name}-{i:04d}.png", compress_level=1)
             else:

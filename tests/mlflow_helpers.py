@@ -82,7 +82,7 @@ def train_cli(argv: list[str]) -> int:
 
 
 def train_args(dataset: Path, workdir: Path, run_name: str, *extra: str) -> list[str]:
-    return ["train", "--data", str(dataset), "--workdir", str(workdir), "--run-name", run_name,
+    return ["train", "--recipe", "smoke", "--data", str(dataset), "--workdir", str(workdir), "--run-name", run_name,
             "--set", "optim.epochs=2", "--set", "optim.batch_size=16", *extra]
 
 

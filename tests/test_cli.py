@@ -57,17 +57,17 @@ def test_demo_workdir_on_a_read_only_place():
 
 
 def test_train_unknown_config_key_names_the_valid_ones(tmp_path):
-    r = _alexnet("train", "--data", str(tmp_path), "--set", "optim.lrr=0.1", "--workdir", str(tmp_path))
+    r = _alexnet("train", "--recipe", "smoke", "--data", str(tmp_path), "--set", "optim.lrr=0.1", "--workdir", str(tmp_path))
     _assert_one_line_error(r, "optim.lrr", "valid:", "lr")
 
 
 def test_train_unknown_arch(tmp_path):
-    r = _alexnet("train", "--data", str(tmp_path), "--set", "model.arch=vgg", "--workdir", str(tmp_path))
+    r = _alexnet("train", "--recipe", "smoke", "--data", str(tmp_path), "--set", "model.arch=vgg", "--workdir", str(tmp_path))
     _assert_one_line_error(r, "vgg", "torchvision")
 
 
 def test_train_missing_dataset(tmp_path):
-    r = _alexnet("train", "--data", str(tmp_path / "nope"), "--workdir", str(tmp_path))
+    r = _alexnet("train", "--recipe", "smoke", "--data", str(tmp_path / "nope"), "--workdir", str(tmp_path))
     _assert_one_line_error(r, str(tmp_path / "nope"), "does not exist")
 
 
@@ -76,3 +76,17 @@ def test_every_command_module_is_importable():
 
     for name in COMMANDS:
         assert hasattr(importlib.import_module(name), "add_parser")
+
+
+def test_train_without_a_recipe_names_the_shipped_ones(tmp_path):
+    """No silent default: a forgotten --recipe would train a toy and register it."""
+    r = _alexnet("train", "--data", str(tmp_path), "--workdir", str(tmp_path / "w"))
+    _assert_one_line_error(r, "--recipe is required", "torchvision", "smoke")
+    assert not (tmp_path / "w").exists()
+
+
+def test_train_names_the_recipe_it_runs_in_its_first_line(tmp_path):
+    r = _alexnet("train", "--recipe", "demo", "--data", str(tmp_path / "nope"), "--set", "optim.epochs=3")
+    assert r.returncode == 2
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("recipe: demo (") and "demo.yaml" in first and "optim.epochs=3" in first

@@ -26,11 +26,11 @@ def _by_key(ds) -> dict:
 
 
 def test_pipelines_shapes_and_dtypes(info):
-    train = train_dataset(info, crop=48, pca_std=0.1, flip=True, seed=0, epoch=0).take_batch(5)
+    train = train_dataset(info, crop=48, resize=72, pca_std=0.1, flip=True, seed=0, epoch=0).take_batch(5)
     assert train["image"].shape == (5, 3, 48, 48) and train["image"].dtype == np.uint8
     assert train["label"].dtype == np.int64 and set(train) == {"image", "label"}
     assert 0 <= train["label"].min() and train["label"].max() < info.num_classes
-    rrc = train_dataset(info, crop=40, pca_std=0.1, flip=True, seed=0, random_resized_crop=True).take_batch(3)
+    rrc = train_dataset(info, crop=40, resize=72, pca_std=0.1, flip=True, seed=0, random_resized_crop=True).take_batch(3)
     assert rrc["image"].shape == (3, 3, 40, 40)
     val = val_dataset(info, crop=48, resize=64).take_batch(4)
     assert val["image"].shape == (4, 3, 48, 48) and val["label"].dtype == np.int64
@@ -39,7 +39,7 @@ def test_pipelines_shapes_and_dtypes(info):
 
 
 def test_seeded_pipeline_reproduces_per_image_across_runs_and_batchings(info):
-    kw = dict(crop=48, pca_std=0.1, flip=True, seed=5, keep_key=True)
+    kw = dict(crop=48, resize=72, pca_std=0.1, flip=True, seed=5, keep_key=True)
     first = _by_key(train_dataset(info, epoch=1, batch_rows=64, **kw))
     again = _by_key(train_dataset(info, epoch=1, batch_rows=7, **kw))
     other_epoch = _by_key(train_dataset(info, epoch=2, batch_rows=64, **kw))
@@ -70,9 +70,10 @@ def test_gpu_decode_path_augments_each_image_like_the_cpu_path(info, crop, rrc, 
     its own CPU augmentation as from that augmentation mirrored: a wrong crop or flip is not."""
     import torch
 
-    kw = dict(crop=crop, pca_std=0.1, flip=True, seed=3, epoch=1, keep_key=True, random_resized_crop=rrc)
+    kw = dict(crop=crop, resize=max(crop, 72), pca_std=0.1, flip=True, seed=3, epoch=1, keep_key=True,
+              random_resized_crop=rrc)
     on_cpu = _by_key(train_dataset(info, **kw))
-    preset = train_preset(info, crop=crop, pca_std=0.1, flip=True, random_resized_crop=rrc)
+    preset = train_preset(info, crop=crop, resize=max(crop, 72), pca_std=0.1, flip=True, random_resized_crop=rrc)
     on_device = {}
     for batch in train_dataset(info, decode_on_device=True, **kw).iter_batches(batch_size=16, batch_format="numpy"):
         out = augment_on_device(batch, preset, torch.device(device))
@@ -109,7 +110,7 @@ def test_epochs_visit_the_units_in_their_seeded_order(info, ray_local):
     try:
         def keys(epoch: int) -> list[int]:
             clock.set(epoch)
-            ds = train_dataset(info, crop=32, pca_std=0.0, flip=False, seed=9, keep_key=True, clock=clock, batch_rows=4)
+            ds = train_dataset(info, crop=32, resize=72, pca_std=0.0, flip=False, seed=9, keep_key=True, clock=clock, batch_rows=4)
             return [k for b in ds.iter_batches(batch_size=None) for k in b["key"].tolist()]
 
         first, again, other = keys(0), keys(0), keys(1)
@@ -168,7 +169,7 @@ def test_train_workers_get_equal_batches_covering_the_split(info, tmp_path, work
     batch, epochs, n = 8, 2, info.split_size("train")
     out = tmp_path / "reports"
     out.mkdir()
-    ds = train_dataset(info, crop=32, pca_std=0.1, flip=True, seed=1, clock=clock, keep_key=True)
+    ds = train_dataset(info, crop=32, resize=72, pca_std=0.1, flip=True, seed=1, clock=clock, keep_key=True)
     TorchTrainer(count_loop, train_loop_config={"clock": clock, "batch": batch, "epochs": epochs, "out": str(out)},
                  scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.25}),
                  run_config=RunConfig(name=f"count-{workers}", storage_path=str(tmp_path / "runs")),
@@ -188,7 +189,7 @@ def test_train_workers_get_equal_batches_covering_the_split(info, tmp_path, work
     common = sums[0].keys() & sums[1].keys()
     assert len(common) > n // 3 and sum(sums[0][k] == sums[1][k] for k in common) <= 1
     # ... and match the same pipeline pinned to that epoch without a clock.
-    pinned = _by_key(train_dataset(info, crop=32, pca_std=0.1, flip=True, seed=1, epoch=1, keep_key=True))
+    pinned = _by_key(train_dataset(info, crop=32, resize=72, pca_std=0.1, flip=True, seed=1, epoch=1, keep_key=True))
     assert all(int(pinned[k].astype(np.int64).sum()) == sums[1][k] for k in sums[1])
 
 
@@ -201,4 +202,4 @@ def test_an_unreadable_shard_is_named_before_any_task_runs(info, tmp_path):
     bad.write_bytes(b"not parquet at all")
     broken = dataclasses.replace(info, shards={**info.shards, "train": [*info.shards["train"], str(bad)]})
     with pytest.raises(UserError, match="part-bad.parquet: not a readable Parquet shard"):
-        train_dataset(broken, crop=32, pca_std=0.0, flip=False, seed=1)
+        train_dataset(broken, crop=32, resize=72, pca_std=0.0, flip=False, seed=1)

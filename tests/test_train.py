@@ -110,7 +110,7 @@ def test_a_killed_train_worker_restarts_from_the_last_checkpoint(shapes_dataset,
 
 def test_a_killed_driver_rerun_with_the_same_run_name_continues_at_the_next_epoch(shapes_dataset, tmp_path):
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "jobs.cli", "train", "--data", str(shapes_dataset), "--workdir", str(work),
+    cmd = [sys.executable, "-m", "jobs.cli", "train", "--recipe", "smoke", "--data", str(shapes_dataset), "--workdir", str(work),
            "--run-name", "X", *[a for o in TINY + ["optim.epochs=3"] for a in ("--set", o)]]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

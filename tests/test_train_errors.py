@@ -18,7 +18,7 @@ from pipelines.errors import UserError
     (["--recipe", "nope"], "shipped recipes"),
 ])
 def test_bad_config_exits_2_with_one_line(shapes_dataset, tmp_path, capsys, extra, needle):
-    rc = main(["train", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), *extra])
+    rc = main(["train", "--recipe", "smoke", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and needle in err[0], err
     assert not (tmp_path / "w").exists()  # failed before the work directory, Ray or MLflow
@@ -26,7 +26,7 @@ def test_bad_config_exits_2_with_one_line(shapes_dataset, tmp_path, capsys, extr
 
 def test_a_directory_that_is_not_a_dataset_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    rc = main(["train", "--data", str(tmp_path / "empty"), "--workdir", str(tmp_path / "w")])
+    rc = main(["train", "--recipe", "smoke", "--data", str(tmp_path / "empty"), "--workdir", str(tmp_path / "w")])
     assert rc == 2 and "dataset.json" in capsys.readouterr().err
 
 
@@ -39,7 +39,7 @@ def test_labels_outside_the_classes_exit_2(shapes_dataset, tmp_path, capsys):
     meta = json.loads((bad / "dataset.json").read_text())
     meta["classes"] = meta["classes"][:2]  # labels 2..5 now lie outside the class list
     (bad / "dataset.json").write_text(json.dumps(meta))
-    rc = main(["train", "--data", str(bad), "--workdir", str(tmp_path / "w")])
+    rc = main(["train", "--recipe", "smoke", "--data", str(bad), "--workdir", str(tmp_path / "w")])
     assert rc == 2 and "label" in capsys.readouterr().err
 
 
@@ -56,7 +56,7 @@ def test_placement_refuses_more_gpus_than_the_cluster_has_and_leaves_cpus_to_ray
 
 
 def test_resume_from_a_path_that_is_no_checkpoint_exits_2_naming_the_option(shapes_dataset, tmp_path, capsys):
-    rc = main(["train", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), "--recipe", "smoke",
+    rc = main(["train", "--recipe", "smoke", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), "--recipe", "smoke",
                "--resume-from", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and f"--resume-from {tmp_path / 'nowhere'}: not a readable checkpoint" in err[0], err

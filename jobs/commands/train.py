@@ -10,13 +10,15 @@ import argparse
 import os
 
 from jobs.commands import parse_pairs
+from pipelines.errors import UserError
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train on an ingested Parquet dataset (Ray Train + MLflow)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="dataset directory written by `alexnet ingest` (sets data.path)")
-    p.add_argument("--recipe", default="smoke", help="shipped recipe name or a YAML file (default: smoke)")
+    p.add_argument("--recipe", help="required: a shipped recipe (paper, torchvision, demo, or smoke: a 2-epoch "
+                                    "installation check) or a YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.epochs=5 (repeatable)")
     p.add_argument("--workdir", default="alexnet-work", help="checkpoints and the default MLflow store (default: ./alexnet-work)")
@@ -35,14 +37,23 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from alexnet.config import load_config
+    from alexnet.config import load_config, recipe_path, shipped_recipes
+    from alexnet.trainer import check_inputs, scale_note
     from jobs.runtime import prepare_workdir, ray_session
-    from alexnet.trainer import check_inputs
     from jobs.training import new_run_name, run_training
+    from pipelines.loader import stored_side
 
+    if not args.recipe:
+        raise UserError(f"--recipe is required: a shipped recipe ({', '.join(shipped_recipes())}) or a YAML file; "
+                        "`torchvision` and `paper` are the full ImageNet recipes, `smoke` a 2-epoch installation check")
     overrides = ([f"data.path={os.path.abspath(args.data)}"] if args.data else []) + list(args.overrides)
     cfg = load_config(args.recipe, overrides)
-    check_inputs(cfg)  # bad arch/dataset/batch: exit 2 before Ray starts
+    print(f"recipe: {args.recipe} ({recipe_path(args.recipe)})" + (f", overrides: {' '.join(args.overrides)}"
+                                                                   if args.overrides else ""), flush=True)
+    info = check_inputs(cfg)  # bad arch/dataset/batch: exit 2 before Ray starts
+    note = scale_note(cfg, stored_side(info))
+    if note:
+        print(note, flush=True)
     work = prepare_workdir(args.workdir)
     tags = {"trigger": args.trigger, **parse_pairs(args.tag, "--tag")}
     if os.environ.get("RAY_JOB_SUBMISSION_ID"):

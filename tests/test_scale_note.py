@@ -1,0 +1,28 @@
+"""The one line `alexnet train` prints when a recipe's scale is far from the stored images'."""
+
+from __future__ import annotations
+
+from alexnet.config import load_config
+from alexnet.trainer import scale_note
+from pipelines.dataset import DatasetInfo
+from pipelines.loader import stored_side
+
+
+def _info(**params) -> DatasetInfo:
+    return DatasetInfo(classes=["a", "b"], counts={}, shards={}, pixel_mean=[0.5] * 3, pixel_std=[0.2] * 3,
+                       pca_eigval=[0.1] * 3, pca_eigvec=[[1, 0, 0], [0, 1, 0], [0, 0, 1]], version="v",
+                       image_format=params.pop("image_format", "jpeg"), params=params)
+
+
+def test_stored_side_comes_from_the_ingest_options():
+    assert stored_side(_info(resize=256)) == 256
+    assert stored_side(_info(image_format="raw", raw_size=64, resize=256)) == 64
+
+
+def test_far_scales_get_one_line_naming_both_sizes_and_the_fix():
+    demo = load_config("demo")  # resize 72
+    shrink = scale_note(demo, 256)
+    assert "256 px" in shrink and "data.resize=72" in shrink and "--resize 72" in shrink and "\n" not in shrink
+    grow = scale_note(load_config("paper"), 32)  # CIFAR-sized images under the ImageNet recipe
+    assert "32 px" in grow and "scales them up" in grow and "data.resize=256" in grow
+    assert scale_note(demo, 72) is None and scale_note(demo, 100) is None and scale_note(load_config("paper"), 256) is None
