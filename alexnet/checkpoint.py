@@ -17,7 +17,7 @@ STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 
 
-def save(directory: str | os.PathLike, *, model, optimizer, plateau: dict, scaler, epoch: int, config: dict,
+def save(directory: str | os.PathLike, *, model, optimizer, plateau: dict, epoch: int, config: dict,
          dataset_version: str, metrics: dict, num_classes: int) -> Path:
     path = Path(directory) / STATE_FILE
     tmp = path.with_suffix(".tmp")
@@ -26,7 +26,6 @@ def save(directory: str | os.PathLike, *, model, optimizer, plateau: dict, scale
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "plateau": plateau,
-            "scaler": scaler.state_dict() if scaler is not None else {},
             "epoch": epoch,  # the last completed epoch, 0-based
             "config": config,
             "dataset_version": dataset_version,

@@ -14,7 +14,7 @@ from alexnet import ARCHITECTURES, build_model, checkpoint
 from alexnet.config import Config
 from pipelines.dataset import DatasetInfo, open_dataset
 from pipelines.errors import UserError
-from pipelines.loader import EpochClock, train_dataset, train_preset, val_dataset
+from pipelines.loader import StartEpoch, train_dataset, train_preset, val_dataset
 
 # Share of a CPU-only cluster's CPUs left to Ray Data when cpus_per_worker is 0 (auto).
 DATA_CPU_SHARE = 0.5
@@ -100,6 +100,12 @@ def scale_note(cfg: Config, stored: int) -> str | None:
     return None
 
 
+def steps_per_epoch(images: int, workers: int, per_worker: int) -> int:
+    """K = floor(floor(N / W) / B): the batches each of W workers takes per epoch (equal counts, as
+    DDP needs), B images per worker per step."""
+    return (images // workers) // per_worker
+
+
 def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, tracking_uri: str, run_id: str,
         resume_from: str | None = None) -> Outcome:
     import ray
@@ -114,10 +120,16 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
     resume = resume_point(cfg, str(storage), run_name, resume_from, num_classes=info.num_classes)
     if resume is not None:
         print(f"resuming run {run_name} from its checkpoint at epoch {resume[1]}: {resume[0]}", flush=True)
-    clock = EpochClock.create()
+    start = StartEpoch.create()
+    first_epoch = resume[1] + 1 if resume is not None else 0
+    per_worker = cfg.optim.batch_size // cfg.run.num_workers
+    steps = steps_per_epoch(info.split_size("train"), cfg.run.num_workers, per_worker)
     datasets = {
-        "train": train_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting, flip=cfg.data.flip,
-                               seed=cfg.data.seed, random_resized_crop=cfg.data.random_resized_crop, clock=clock,
+        # The whole run's epochs in one stream; a worker group restarted later reads its own start.
+        "train": train_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
+                               flip=cfg.data.flip, seed=cfg.data.seed, random_resized_crop=cfg.data.random_resized_crop,
+                               epochs=max(1, cfg.optim.epochs - first_epoch),
+                               per_epoch=steps * per_worker * cfg.run.num_workers, start=start,
                                decode_on_device=placement.gpu_decode),
         "val": val_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, ten_crop=cfg.data.ten_crop_eval),
     }
@@ -132,7 +144,8 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
             "resume_from": resume[0] if resume is not None else None,
             "storage": str(storage),  # a restarted worker group finds checkpoints Ray had not registered
             "run_name": run_name,
-            "clock": clock,
+            "start": start,
+            "steps_per_epoch": steps,
             # data.decode=gpu: the worker decodes and augments the planned rows with this preset
             "device_preset": train_preset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
                                           flip=cfg.data.flip, random_resized_crop=cfg.data.random_resized_crop)

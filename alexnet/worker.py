@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from itertools import islice
 
 import torch
 
 from alexnet import build_model, checkpoint
 from alexnet.config import from_dict
 from alexnet.engine import evaluate, reduce_sums, train_one_epoch
-from alexnet.prefetch import Primed
 from alexnet.schedules import Plateau, lr_at, scaled_lr
 from alexnet.tracking import MetricLogger, start_system_metrics
 from pipelines.device_augment import augment_on_device
@@ -80,24 +80,19 @@ def train_loop(loop_config: dict) -> None:
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
     monitor = _system_monitor(cfg, ctx, loop_config, resume=resumed is not None)
     try:
-        clock = loop_config.get("clock")  # pipelines.loader.EpochClock: tells the augmentation tasks the epoch
         device_preset = loop_config.get("device_preset")  # data.decode=gpu: augment here, on the device
         train_shard = ray.train.get_dataset_shard("train")
         val_shard = ray.train.get_dataset_shard("val")
-
-        def tell_clock(epoch: int) -> None:
-            if clock is not None:
-                if rank == 0:
-                    clock.set(epoch)
-                if world > 1:
-                    torch.distributed.barrier()  # no worker asks for epoch e's batches before the clock says e
-
-        def host_batches(epoch: int):
-            return _host_batches(train_shard, device_preset is not None, device,
-                                 batch_size=per_worker, shuffle_buffer=cfg.data.shuffle_buffer or None,
-                                 shuffle_seed=cfg.data.seed * 100003 + epoch * 1009 + rank)
-
-        upcoming = None  # the next epoch's batches, their first one already being fetched
+        steps = loop_config["steps_per_epoch"]  # K: every worker takes K batches of the stream per epoch
+        if rank == 0:
+            loop_config["start"].set(start_epoch)  # the stream's tasks read it: augmentation follows the epoch
+        if world > 1:
+            torch.distributed.barrier()  # nobody starts the stream before the start epoch is set
+        # One stream for the whole run (pipelines.loader): its next K batches are the epoch's.
+        stream = _on_device(_host_batches(train_shard, device_preset is not None, device, batch_size=per_worker,
+                                          shuffle_buffer=cfg.data.shuffle_buffer or None,
+                                          shuffle_seed=cfg.data.seed * 100003 + start_epoch * 1009 + rank),
+                            device_preset, device)
         for epoch in range(start_epoch, cfg.optim.epochs):
             lr = lr_at(epoch, base=base_lr, schedule=cfg.optim.schedule, epochs=cfg.optim.epochs,
                        warmup_epochs=cfg.optim.warmup_epochs, plateau_scale=plateau.scale,
@@ -105,19 +100,12 @@ def train_loop(loop_config: dict) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             epoch_start = time.perf_counter()
-            if upcoming is None:
-                tell_clock(epoch)
-                upcoming = host_batches(epoch)
-            batches, upcoming = _on_device(upcoming, device_preset, device), None
             tr = reduce_sums(
-                train_one_epoch(model, optimizer, batches, device, mean=mean, std=std, epoch=epoch,
+                train_one_epoch(model, optimizer, islice(stream, steps), device, mean=mean, std=std, epoch=epoch,
                                 label_smoothing=cfg.optim.label_smoothing, amp_dtype=amp_dtype,
                                 channels_last=channels_last),
                 device,
             )
-            if epoch + 1 < cfg.optim.epochs:  # the next epoch's input starts under this validation
-                tell_clock(epoch + 1)
-                upcoming = Primed(lambda e=epoch + 1: host_batches(e), name=f"epoch-{epoch + 1}-input")
             val_batches = val_shard.iter_torch_batches(
                 batch_size=per_worker, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu")
             va = reduce_sums(evaluate(model, val_batches, device, mean=mean, std=std, amp_dtype=amp_dtype,
@@ -130,7 +118,7 @@ def train_loop(loop_config: dict) -> None:
                 logger.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
                 with tempfile.TemporaryDirectory() as tmp:
                     checkpoint.save(tmp, model=raw_model, optimizer=optimizer, plateau=plateau.state_dict(),
-                                    scaler=None, epoch=epoch, config=loop_config["config"],
+                                    epoch=epoch, config=loop_config["config"],
                                     dataset_version=dataset["version"], metrics=report,
                                     num_classes=dataset["num_classes"])
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -296,9 +296,12 @@ def _result(batch: dict, images: np.ndarray) -> dict:
 
 
 def apply_preset(batch: dict, *, preset, seed: int | None, epoch: int = 0, keep_key: bool = False) -> dict:
-    """A preset on one batch of stored rows, dropping `key` unless asked (pipelines.loader calls it
-    for every `batch_rows` rows of a work unit)."""
+    """A preset on one batch of stored rows (pipelines.loader calls it for every `batch_rows` rows
+    of a work unit). `keep_key` (tests, debugging) keeps each row's `key` and the `epoch` it was
+    augmented for."""
     out = preset(batch, seed=seed, epoch=epoch)
-    if not keep_key:
+    if keep_key:
+        out["epoch"] = np.full(len(out["label"]), epoch, dtype=np.int64)
+    else:
         out.pop("key", None)
     return out

@@ -22,13 +22,13 @@ def plan_batch(batch: dict, *, preset: TrainPreset, seed: int | None, epoch: int
     """apply_preset's counterpart for `data.decode: gpu`: stored rows -> `image` (the encoded bytes,
     untouched), `label`, `plan` (float32, one PLAN_FIELDS row per image), `height`, `width`, and
     `key` (as in apply_preset) when `keep_key`."""
-    n = len(batch["image"])
     keys = image_keys(batch["id"])
     plans = preset.plans(batch["width"], batch["height"], keys, seed=seed, epoch=epoch).astype(np.float32)
     out = {"image": batch["image"], "label": np.asarray(batch["label"], dtype=np.int64), "plan": plans,
            "height": batch["height"], "width": batch["width"]}  # raw pixels need their shape
     if keep_key:
         out["key"] = keys.astype(np.int64)
+        out["epoch"] = np.full(len(keys), epoch, dtype=np.int64)
     return out
 
 

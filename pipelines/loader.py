@@ -2,35 +2,41 @@
 
 Lazy and streaming: a list of work units (a slice of one Parquet row group each) -> one
 map_batches operator whose tasks each read their unit and decode + augment it in batches of
-`batch_rows` images on the CPU workers -> Ray Train's streaming split. Nothing is materialised;
-every epoch re-executes the pipeline, and the units run in a new order each epoch (a seeded
-function of (seed, epoch)).
+`batch_rows` images on the CPU workers -> Ray Train's streaming split. Nothing is materialised.
+
+One execution per run: the training pipeline is a single stream of every epoch of the run, one
+after the other (each epoch visits the units in a new order, a seeded function of (seed, epoch)),
+and the train loop takes its batches for epoch e as the next K batches of it. Workers, imports and
+the streaming executor are set up once, and the next epoch's first batches are already waiting
+while an epoch is validated (every Ray Data execution pays for its start and for its first
+second, and a per-epoch one paid it every epoch). Validation, which must see the whole split each
+time, is one execution per epoch.
 
 Why not read_parquet -> map_batches: that is two operators, and on a small node Ray Data 2.60
 reserves a CPU for each (its ReservationOpResourceAllocator rounds each operator's share up to one
-task), so the decoding ran one task at a time while the reads lasted, which is the whole epoch
-(task spans on 2 CPUs; benchmarks/RESULTS.md). Reading inside the decoding task leaves one
-operator that may use every CPU, reads each row group once, and keeps tasks small enough to
-spread over many cores (`_task_rows`).
+task), so the decoding ran one task at a time while the reads lasted (task spans on 2 CPUs;
+benchmarks/RESULTS.md). Reading inside the decoding task leaves one operator that may use every
+CPU, reads each row group once, and keeps tasks small enough to spread over many cores.
 
-Per epoch, with W train workers, batch size B per worker and N training images: Ray Train's
-default DataConfig splits the stream with `streaming_split(W, equal=True)`, so every worker gets
-floor(N / W) rows (the N mod W others are dropped that epoch); `iter_torch_batches(drop_last=True)`
-then yields floor(floor(N / W) / B) batches on every worker (equal counts: DDP cannot deadlock on
-a missing all-reduce) and drops each worker's last partial batch. Every image is seen at most once
-per epoch; fewer than W * (B + 1) images are skipped, and which ones changes with the shuffle.
+Per epoch, with W train workers, batch size B per worker and N training images: the stream holds
+M = W * K * B images of each epoch, K = floor(floor(N / W) / B), cut from the end of that epoch's
+unit order (fewer than W * (B + 1) images, a different set each epoch). Ray Train's default
+DataConfig splits the stream with `streaming_split(W, equal=True)` and every worker takes exactly
+K batches per epoch (equal counts: DDP cannot deadlock on a missing all-reduce). Each image of
+an epoch's M is seen once; an epoch's batches are the stream's next K, so a few batches' worth of
+images (those in flight and in the local shuffle buffer at the boundary) land in the neighbouring
+epoch, augmented as their own epoch says.
 
-Seeded augmentation is a pure function of (seed, epoch, image id). The map tasks learn the epoch
-from an `EpochClock`; the train loop must call, on rank 0, `clock.set(epoch)` before any worker
-creates that epoch's iterator (followed by a barrier across workers). That is sufficient because
-Ray Train's split coordinator starts an epoch's execution only once every worker has asked for
-it, and ends the previous execution before (see ray/data/_internal/iterator/stream_split_iterator.py,
-SplitCoordinator._barrier): no task of epoch e+1 can run before rank 0 set e+1, and none of epoch e after.
+Seeded augmentation is a pure function of (seed, epoch, image id): each task knows the epoch of
+its unit from the unit's position in the stream, offset by the epoch the stream starts at. That
+start is read from a `StartEpoch` (a tiny actor) when the stream's first tasks run, so a worker
+group restarted from a checkpoint continues at the right epoch: rank 0 sets it before any worker
+creates the run's iterator (then a barrier), and Ray Train's split coordinator starts the
+execution only once every worker has asked for it.
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
 from contextlib import contextmanager
 
@@ -39,47 +45,46 @@ from pipelines.dataset import DatasetInfo
 from pipelines.device_augment import plan_batch
 from pipelines.errors import UserError
 
-log = logging.getLogger(__name__)
-
 # The stored size lets a task draw every image's crop before decoding it, and decode a JPEG at
 # reduced size when the recipe needs at most half of it (and raw pixels carry their shape in it).
 COLUMNS = ["id", "image", "label", "height", "width"]
+MAX_BLOCKS = 20_000  # blocks of the stream's item list (a 90-epoch ImageNet run has ~110k units)
 
 
-class _Clock:
+class _Value:
     def __init__(self):
-        self.epoch = 0
+        self.value = 0
 
-    def set(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set(self, value: int) -> None:
+        self.value = value
 
     def get(self) -> int:
-        return self.epoch
+        return self.value
 
 
-class EpochClock:
-    """Tells the augmentation tasks which epoch they serve, so augmentation is a pure function of
-    (seed, epoch, image id). Picklable handle to a tiny Ray actor (num_cpus=0).
+class StartEpoch:
+    """The epoch a run's training stream starts at (0, or where a resumed run continues). Picklable
+    handle to a tiny Ray actor (num_cpus=0) that the stream's tasks read.
 
-    Driver: `clock = EpochClock.create()`; pass it to `train_dataset(..., clock=clock)` and to the
-    train loop (e.g. in train_loop_config). Train loop, every epoch, before `iter_torch_batches`:
-    `if rank == 0: clock.set(epoch)`, then a barrier across workers. The actor lives as long as
-    the process that created it (the driver)."""
+    Driver: `start = StartEpoch.create()`; pass it to `train_dataset(..., start=start)` and to the
+    train loop. Train loop, once, before it creates the run's iterator: `if rank == 0:
+    start.set(first_epoch)`, then a barrier across workers. The actor lives as long as the process
+    that created it (the driver)."""
 
     def __init__(self, handle):
         self._handle = handle
 
     @staticmethod
-    def create() -> "EpochClock":
+    def create() -> "StartEpoch":
         """Start the actor (on the driver; needs Ray initialised). It starts at epoch 0."""
         import ray
 
         if not ray.is_initialized():
-            raise RuntimeError("EpochClock.create() needs Ray initialised (ray.init) first")
-        return EpochClock(ray.remote(num_cpus=0, max_restarts=-1)(_Clock).remote())
+            raise RuntimeError("StartEpoch.create() needs Ray initialised (ray.init) first")
+        return StartEpoch(ray.remote(num_cpus=0, max_restarts=-1)(_Value).remote())
 
     def set(self, epoch: int) -> None:
-        """Blocks until the actor holds `epoch`: every `get` issued after this returns sees it."""
+        """Blocks until the actor holds `epoch`: every `get` issued after this returns it."""
         import ray
 
         ray.get(self._handle.set.remote(int(epoch)))
@@ -90,7 +95,7 @@ class EpochClock:
         return ray.get(self._handle.get.remote())
 
     def __reduce__(self):
-        return EpochClock, (self._handle,)
+        return StartEpoch, (self._handle,)
 
 
 @contextmanager
@@ -177,35 +182,53 @@ def unit_order(n: int, order_seed: int | None, epoch: int) -> list[int]:
     return np.random.default_rng([int(order_seed) & 0xFFFFFFFFFFFFFFFF, int(epoch)]).permutation(n).tolist()
 
 
+def epoch_plan(units: list[dict], order_seed: int | None, epoch: int, per_epoch: int | None) -> list[tuple[int, int]]:
+    """(unit index, rows taken from its start) for every position of an epoch: the units in the
+    epoch's order, cut after `per_epoch` rows (None: all)."""
+    plan, taken = [], 0
+    for index in unit_order(len(units), order_seed, epoch):
+        rows = units[index]["rows"] if per_epoch is None else max(0, min(units[index]["rows"], per_epoch - taken))
+        plan.append((index, rows))
+        taken += rows
+    return plan
+
+
 def _run_units(batch: dict, *, units: list[dict], columns: list[str], fn, fn_kwargs: dict, batch_rows: int,
-               order_seed: int | None, clock: "EpochClock | None", epoch: int):
-    """`map_batches` entry point (one unit index per call): reads this epoch's unit at that position
-    and yields `fn`'s output for every `batch_rows` rows of it. The epoch (from the clock, once per
-    unit) seeds both the unit order and the augmentation."""
+               order_seed: int | None, start: "StartEpoch | None", first_epoch: int, per_epoch: int | None):
+    """`map_batches` entry point: stream items -> each item's unit (item i is position i mod n of
+    epoch first + i // n), read and turned into `fn`'s output for every `batch_rows` rows."""
     import numpy as np
 
-    if clock is not None:
-        epoch = clock.get()
-    order = unit_order(len(units), order_seed, epoch)
-    for position in np.asarray(batch["item"]).tolist():
-        index = order[position]
-        rows = _read_unit(units[index], columns)
-        for start in range(0, units[index]["rows"], batch_rows):
-            part = {c: v[start:start + batch_rows] for c, v in rows.items()}
+    first = start.get() if start is not None else first_epoch
+    plans: dict[int, list] = {}
+    for item in np.asarray(batch["item"]).tolist():
+        epoch = first + item // len(units)
+        if epoch not in plans:
+            plans[epoch] = epoch_plan(units, order_seed, epoch, per_epoch)
+        index, take = plans[epoch][item % len(units)]
+        if take == 0:
+            continue
+        rows = _read_unit({**units[index], "rows": take}, columns)
+        for offset in range(0, take, batch_rows):
+            part = {c: v[offset:offset + batch_rows] for c, v in rows.items()}
             yield fn(part, epoch=epoch, **fn_kwargs)
 
 
 def _unit_dataset(paths: list[str], columns: list[str], fn, fn_kwargs: dict, *, batch_rows: int,
-                  order_seed: int | None, clock, epoch: int, num_cpus: float, concurrency: int | None):
+                  order_seed: int | None, start, first_epoch: int, epochs: int, per_epoch: int | None,
+                  num_cpus: float, concurrency: int | None):
     import ray.data
 
     units = _units(paths, _cluster_cpus(), batch_rows)
-    items = ray.data.range(len(units), override_num_blocks=max(1, len(units)))  # one block, one task per unit
+    total = len(units) * epochs
+    # One block per item (one task per unit), up to a bound on how many blocks a plan holds; past
+    # it a task handles a few consecutive units.
+    items = ray.data.range(total, override_num_blocks=max(1, min(total, MAX_BLOCKS)))
     items = items.rename_columns({"id": "item"})
     return items.map_batches(_run_units, batch_size=None, batch_format="numpy",
                              fn_kwargs={"units": units, "columns": columns, "fn": fn, "fn_kwargs": fn_kwargs,
-                                        "batch_rows": batch_rows, "order_seed": order_seed, "clock": clock,
-                                        "epoch": epoch},
+                                        "batch_rows": batch_rows, "order_seed": order_seed, "start": start,
+                                        "first_epoch": first_epoch, "per_epoch": per_epoch},
                              num_cpus=num_cpus, concurrency=concurrency)
 
 
@@ -217,39 +240,37 @@ def _check_geometry(crop: int, resize: int) -> None:
 
 
 def train_dataset(info: DatasetInfo, *, crop: int, resize: int, pca_std: float, flip: bool, seed: int | None,
-                  random_resized_crop: bool = False, clock: EpochClock | None = None, batch_rows: int = 128,
-                  epoch: int = 0, keep_key: bool = False, num_cpus: float = 1.0,
-                  concurrency: int | None = None, decode_on_device: bool = False):
-    """The training pipeline: columns `image` (uint8 N,3,crop,crop) and `label` (int64), plus
-    `key` (int64, first 60 bits of the image id) when `keep_key`. With `decode_on_device`, the
-    images stay encoded and each row carries its augmentation plan instead (columns of
-    pipelines.device_augment.plan_batch): the train worker decodes and augments on its GPU
-    with `augment_on_device(batch, train_preset(info, ...), device)`.
+                  random_resized_crop: bool = False, epochs: int = 1, per_epoch: int | None = None,
+                  start: StartEpoch | None = None, epoch: int = 0, batch_rows: int = 128, keep_key: bool = False,
+                  num_cpus: float = 1.0, concurrency: int | None = None, decode_on_device: bool = False):
+    """The training stream: `epochs` epochs one after the other, columns `image` (uint8
+    N,3,crop,crop) and `label` (int64), plus `key` (int64, first 60 bits of the image id) when
+    `keep_key`. With `decode_on_device`, the images stay encoded and each row carries its
+    augmentation plan instead (columns of pipelines.device_augment.plan_batch), for the train
+    worker to decode and augment on its GPU.
 
     crop: px; resize: px, shorter side every image is scaled to before the paper's crop (as
-    validation does before its centre crop); pca_std: std of the PCA lighting coefficients (paper 0.1, 0 = off); flip: random
-    horizontal flip; seed: None = unseeded augmentation; random_resized_crop: torchvision's
-    RandomResizedCrop(crop) instead of the paper's random crop; clock: where the tasks read the
-    epoch (None: the fixed `epoch`, e.g. for tests and benchmarks); batch_rows: images per
-    `map_batches` call (peak task memory ~ batch_rows x crop^2 x 3 bytes, plus one row group);
-    num_cpus: CPUs each map task reserves (1: decoding is single-threaded; a 2-CPU node with 1 CPU
-    held by training still runs one task at a time); concurrency: cap on simultaneous map tasks
-    (None: as many as free CPUs allow).
+    validation does before its centre crop); pca_std: std of the PCA lighting coefficients
+    (paper 0.1, 0 = off); flip: random horizontal flip; seed: None = unseeded augmentation;
+    random_resized_crop: torchvision's RandomResizedCrop(crop) instead of the paper's crop;
+    epochs: epochs in the stream; per_epoch: images of each epoch in the stream (None: all; the
+    train loop passes W * K * B, see the module docstring); start: where the tasks read the first
+    epoch (None: `epoch`); batch_rows: images per `map_batches` call (peak task memory ~
+    batch_rows x crop^2 x 3 bytes, plus one row group); num_cpus: CPUs each map task reserves;
+    concurrency: cap on simultaneous map tasks (None: as many as free CPUs allow).
 
-    The work units (row-group slices) run in a new order each epoch, a function of (seed, epoch)
-    with the epoch read from `clock` (without a clock, every execution uses `epoch`'s order);
-    unseeded, the order's seed is drawn once per call.
+    Unseeded, the units' order is drawn once per call.
     """
     _check_geometry(crop, resize)
-    if seed is not None and clock is None:
-        log.warning("train_dataset: seed without an EpochClock gives every epoch epoch %d's augmentations; "
-                    "pass clock=EpochClock.create() and call clock.set(epoch) in the train loop", epoch)
+    if epochs < 1:
+        raise UserError(f"epochs={epochs}: the stream needs at least one epoch")
     preset = train_preset(info, crop=crop, resize=resize, pca_std=pca_std, flip=flip,
                           random_resized_crop=random_resized_crop)
     order_seed = seed if seed is not None else secrets.randbits(63)
     return _unit_dataset(info.shard_paths("train"), COLUMNS, plan_batch if decode_on_device else apply_preset,
                          {"preset": preset, "seed": seed, "keep_key": keep_key}, batch_rows=batch_rows,
-                         order_seed=order_seed, clock=clock, epoch=epoch, num_cpus=num_cpus, concurrency=concurrency)
+                         order_seed=order_seed, start=start, first_epoch=epoch, epochs=epochs, per_epoch=per_epoch,
+                         num_cpus=num_cpus, concurrency=concurrency)
 
 
 def stored_side(info: DatasetInfo) -> int:
@@ -287,4 +308,5 @@ def val_dataset(info: DatasetInfo, *, crop: int, resize: int, ten_crop: bool = F
     preset = ValPreset(crop=crop, resize=resize, ten_crop=ten_crop)
     return _unit_dataset(info.shard_paths("val"), COLUMNS, apply_preset,
                          {"preset": preset, "seed": None, "keep_key": keep_key}, batch_rows=batch_rows,
-                         order_seed=None, clock=None, epoch=0, num_cpus=num_cpus, concurrency=concurrency)
+                         order_seed=None, start=None, first_epoch=0, epochs=1, per_epoch=None,
+                         num_cpus=num_cpus, concurrency=concurrency)

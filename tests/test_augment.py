@@ -172,8 +172,8 @@ def test_apply_preset_drops_keys_unless_asked():
     batch = _batch([_jpeg(_pixels(0))])
     preset = TrainPreset(crop=32, resize=32, eigval=EIGVAL, eigvec=EIGVEC)
     assert set(apply_preset(batch, preset=preset, seed=1)) == {"image", "label"}
-    kept = apply_preset(batch, preset=preset, seed=1, keep_key=True)
-    assert kept["key"].tolist() == [image_key(batch["id"][0])]
+    kept = apply_preset(batch, preset=preset, seed=1, epoch=3, keep_key=True)
+    assert kept["key"].tolist() == [image_key(batch["id"][0])] and kept["epoch"].tolist() == [3]
 
 
 def _disc_jpeg(size: int = 256, radius: float = 0.3) -> bytes:

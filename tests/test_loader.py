@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.dataset import open_dataset
 from pipelines.device_augment import augment_on_device
-from pipelines.loader import EpochClock, train_dataset, train_preset, unit_order, val_dataset
+from pipelines.loader import StartEpoch, epoch_plan, train_dataset, train_preset, unit_order, val_dataset
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,13 @@ def _by_key(ds) -> dict:
     out = {}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         out.update(zip(batch["key"].tolist(), batch["image"]))
+    return out
+
+
+def _by_epoch_and_key(ds) -> dict:
+    out = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        out.update(zip(zip(batch["epoch"].tolist(), batch["key"].tolist()), batch["image"]))
     return out
 
 
@@ -98,47 +105,78 @@ def test_unit_order_is_a_permutation_per_seed_and_epoch():
     assert unit_order(40, 1, 1) == orders[(1, 1)] and unit_order(5, None, 3) == [0, 1, 2, 3, 4]
 
 
-def test_epochs_visit_the_units_in_their_seeded_order(info, ray_local):
-    """With preserve_order (so that task timing cannot reorder the stream), an epoch's row order
-    is the same for the same (seed, epoch), another for the next epoch, and covers the split."""
+def test_epoch_plan_cuts_each_epoch_to_its_share():
+    units = [{"rows": r} for r in (10, 7, 10, 3)]
+    full = epoch_plan(units, 5, 2, None)
+    assert sorted(i for i, _ in full) == [0, 1, 2, 3] and sum(r for _, r in full) == 30
+    cut = epoch_plan(units, 5, 2, 24)
+    assert [i for i, _ in cut] == [i for i, _ in full] and sum(r for _, r in cut) == 24
+    assert all(0 <= r <= units[i]["rows"] for i, r in cut)
+    assert epoch_plan(units, 5, 3, None) != full or unit_order(4, 5, 3) == unit_order(4, 5, 2)
+
+
+def test_one_stream_holds_every_epoch_in_its_seeded_order(info, ray_local):
+    """With preserve_order (so that task timing cannot reorder the stream), a 2-epoch stream is
+    epoch 0 then epoch 1, each in its own seeded unit order and covering the split; a stream that
+    starts at epoch 1 (a resumed run) repeats the first stream's second epoch exactly."""
     from ray.data import DataContext
 
-    clock = EpochClock.create()
     ctx = DataContext.get_current()
     before = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True
+    n = info.split_size("train")
     try:
-        def keys(epoch: int) -> list[int]:
-            clock.set(epoch)
-            ds = train_dataset(info, crop=32, resize=72, pca_std=0.0, flip=False, seed=9, keep_key=True, clock=clock, batch_rows=4)
-            return [k for b in ds.iter_batches(batch_size=None) for k in b["key"].tolist()]
+        def rows(first: int, epochs: int) -> list[tuple[int, int]]:
+            start = StartEpoch.create()
+            start.set(first)
+            ds = train_dataset(info, crop=32, resize=72, pca_std=0.0, flip=False, seed=9, keep_key=True, start=start,
+                               epochs=epochs, batch_rows=4)
+            return [(e, k) for b in ds.iter_batches(batch_size=None) for e, k in zip(b["epoch"].tolist(), b["key"].tolist())]
 
-        first, again, other = keys(0), keys(0), keys(1)
+        run = rows(0, 2)
+        resumed = rows(1, 1)
     finally:
         ctx.execution_options.preserve_order = before
-    assert first == again and first != other and sorted(first) == sorted(other)
-    assert len(first) == info.split_size("train")
+    assert [e for e, _ in run] == [0] * n + [1] * n
+    first, second = [k for _, k in run[:n]], [k for _, k in run[n:]]
+    assert sorted(first) == sorted(second) and first != second
+    assert resumed == run[n:]
 
 
-def test_epoch_clock_round_trips_and_pickles(ray_local):
+def test_per_epoch_keeps_that_many_images_of_each_epoch(info, ray_local):
+    n = info.split_size("train")
+    keep = n - 7
+    ds = train_dataset(info, crop=32, resize=72, pca_std=0.0, flip=False, seed=2, keep_key=True, epochs=3,
+                       per_epoch=keep)
+    seen = [(e, k) for b in ds.iter_batches(batch_size=None) for e, k in zip(b["epoch"].tolist(), b["key"].tolist())]
+    assert len(seen) == len(set(seen)) == 3 * keep
+    dropped = [{k for e, k in seen if e == epoch} for epoch in range(3)]
+    assert len({frozenset(d) for d in dropped}) > 1  # not always the same images left out
+
+
+def test_start_epoch_round_trips_and_pickles(ray_local):
     import pickle
 
-    clock = EpochClock.create()
-    assert clock.get() == 0
-    clock.set(4)
-    assert pickle.loads(pickle.dumps(clock)).get() == 4
+    start = StartEpoch.create()
+    assert start.get() == 0
+    start.set(4)
+    assert pickle.loads(pickle.dumps(start)).get() == 4
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
-def test_train_workers_get_equal_batches_covering_the_split(info, tmp_path, workers):
+def test_train_workers_take_equal_batches_from_one_stream(info, tmp_path, workers):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from alexnet.trainer import steps_per_epoch
+
     def count_loop(config: dict) -> None:
-        """Only counts: rank 0 advances the clock, everyone iterates its shard. (Nested so that
-        Ray pickles it by value: workers cannot import this test module.)"""
+        """Only counts, as alexnet.worker does: rank 0 sets the start epoch, everyone makes one
+        iterator for the run and takes K batches of it per epoch. (Nested so that Ray pickles it
+        by value: workers cannot import this test module.)"""
         import json
+        from itertools import islice
         from pathlib import Path
 
         import ray.train
@@ -146,51 +184,55 @@ def test_train_workers_get_equal_batches_covering_the_split(info, tmp_path, work
         import torch.distributed as dist
 
         ctx = ray.train.get_context()
-        shard = ray.train.get_dataset_shard("train")
+        if ctx.get_world_rank() == 0:
+            config["start"].set(0)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        stream = iter(ray.train.get_dataset_shard("train").iter_torch_batches(
+            batch_size=config["batch"], drop_last=True, local_shuffle_buffer_size=16, local_shuffle_seed=1,
+            dtypes={"image": torch.uint8, "label": torch.long, "key": torch.long, "epoch": torch.long}))
         for epoch in range(config["epochs"]):
-            if ctx.get_world_rank() == 0:
-                config["clock"].set(epoch)
-            if dist.is_available() and dist.is_initialized():
-                dist.barrier()
-            keys, sums, batches = [], [], 0
-            for batch in shard.iter_torch_batches(batch_size=config["batch"], drop_last=True,
-                                                  local_shuffle_buffer_size=16, local_shuffle_seed=epoch,
-                                                  dtypes={"image": torch.uint8, "label": torch.long,
-                                                          "key": torch.long}):  # dtypes must name every column
+            rows, batches = [], 0
+            for batch in islice(stream, config["steps"]):
                 batches += 1
-                keys += batch["key"].tolist()
-                sums += batch["image"].flatten(1).sum(dim=1).tolist()
+                rows += zip(batch["epoch"].tolist(), batch["key"].tolist(),
+                            batch["image"].flatten(1).sum(dim=1).tolist())
             # Written to a shared directory (one local node): Ray Train keeps only rank 0's metrics.
-            report = {"batches": batches, "keys": keys, "sums": sums}
+            report = {"batches": batches, "rows": rows}
             (Path(config["out"]) / f"{epoch}-{ctx.get_world_rank()}.json").write_text(json.dumps(report))
             ray.train.report({"epoch": epoch})
+        assert next(stream, None) is None  # the stream held exactly the run's batches
 
-    clock = EpochClock.create()
-    batch, epochs, n = 8, 2, info.split_size("train")
+    start = StartEpoch.create()
+    batch, epochs, n = 8, 3, info.split_size("train")
+    steps = steps_per_epoch(n, workers, batch)
     out = tmp_path / "reports"
     out.mkdir()
-    ds = train_dataset(info, crop=32, resize=72, pca_std=0.1, flip=True, seed=1, clock=clock, keep_key=True)
-    TorchTrainer(count_loop, train_loop_config={"clock": clock, "batch": batch, "epochs": epochs, "out": str(out)},
+    ds = train_dataset(info, crop=32, resize=72, pca_std=0.1, flip=True, seed=1, start=start, keep_key=True,
+                       epochs=epochs, per_epoch=steps * batch * workers)
+    TorchTrainer(count_loop, train_loop_config={"start": start, "batch": batch, "epochs": epochs, "steps": steps,
+                                                "out": str(out)},
                  scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.25}),
                  run_config=RunConfig(name=f"count-{workers}", storage_path=str(tmp_path / "runs")),
                  datasets={"train": ds}).fit()
 
-    per_epoch = []
+    rows = []
     for epoch in range(epochs):
         reports = [json.loads((out / f"{epoch}-{r}.json").read_text()) for r in range(workers)]
-        per_epoch.append(reports)
-        expected = (n // workers) // batch
-        assert [r["batches"] for r in reports] == [expected] * workers
-        keys = [k for r in reports for k in r["keys"]]
-        assert len(keys) == len(set(keys)) == expected * batch * workers  # each image at most once
-        assert n - len(keys) < workers * (batch + 1)  # the documented remainder, no more
-    # Augmentation follows the clock: the images both epochs saw differ between them...
-    sums = [{k: s for r in reports for k, s in zip(r["keys"], r["sums"])} for reports in per_epoch]
-    common = sums[0].keys() & sums[1].keys()
-    assert len(common) > n // 3 and sum(sums[0][k] == sums[1][k] for k in common) <= 1
-    # ... and match the same pipeline pinned to that epoch without a clock.
+        assert [r["batches"] for r in reports] == [steps] * workers
+        taken = [tuple(row) for r in reports for row in r["rows"]]
+        assert len(taken) == steps * batch * workers
+        # Mostly this epoch's own images: only the boundary (rows in flight, the shuffle buffer) mixes.
+        assert sum(e == epoch for e, _, _ in taken) >= len(taken) - workers * (16 + 2 * batch)
+        rows += taken
+    pairs = [(e, k) for e, k, _ in rows]
+    assert len(pairs) == len(set(pairs))  # no image twice in one epoch of the stream
+    for epoch in range(epochs):
+        keys = [k for e, k in pairs if e == epoch]
+        assert len(keys) == steps * batch * workers and n - len(keys) < workers * (batch + 1)
+    # Augmentation follows each row's epoch: the same pipeline pinned to epoch 1 gives its pixels.
     pinned = _by_key(train_dataset(info, crop=32, resize=72, pca_std=0.1, flip=True, seed=1, epoch=1, keep_key=True))
-    assert all(int(pinned[k].astype(np.int64).sum()) == sums[1][k] for k in sums[1])
+    assert all(int(pinned[k].astype(np.int64).sum()) == s for e, k, s in rows if e == 1)
 
 
 def test_an_unreadable_shard_is_named_before_any_task_runs(info, tmp_path):
