@@ -58,15 +58,14 @@ def options(args, source_type: str):
 
 def run(args) -> int:
     from jobs.runtime import ray_session
-    from pathlib import Path
-
-    from pipelines.ingest import check_destination, ingest
+    from pipelines.destination import preflight
+    from pipelines.ingest import ingest
     from pipelines.sources import detect_source_type, list_source
 
     source_type = args.source_type or detect_source_type(args.source)
     opts = options(args, source_type)
     listing = list_source(args.source, source_type)  # bad sources and destinations fail here, before Ray starts
-    check_destination(Path(args.dest).resolve())
+    preflight(args.dest)  # not a dataset, or another ingest is writing it: exit 2 now
 
     def progress(message: str) -> None:
         print(f"ingest: {message}", file=sys.stderr, flush=True)
