@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.atomic import write_atomic
 from pipelines.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -74,13 +74,8 @@ class DatasetInfo:
 
 
 def write_info(directory: Path, info: DatasetInfo) -> None:
-    """Atomically replace `dataset.json` (temp file + rename, so a reader never sees half)."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".dataset.", suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(info.to_json(), f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, Path(directory) / INFO_FILE)
+    """Replace `dataset.json` atomically: a reader sees the old one or the new one, whole."""
+    write_atomic(Path(directory) / INFO_FILE, json.dumps(info.to_json(), indent=2))
 
 
 def load_info(directory: str | os.PathLike) -> DatasetInfo:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import os
 import time
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import cifar, destination, images, stats, storage
+from pipelines.atomic import write_atomic
 from pipelines.dataset import INFO_FILE, SCHEMA, SPLITS, DatasetInfo, write_info
 from pipelines.destination import DUPLICATES_FILE, REJECTS_FILE
 from pipelines.errors import UserError
@@ -129,9 +131,9 @@ def _write_shard(rows: list[dict], path: Path) -> None:
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     avg = max(1, table.nbytes // max(1, table.num_rows))
     row_group = int(min(4096, max(8, (ROW_GROUP_MB << 20) // avg)))  # a reader holds one row group at a time
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp, row_group_size=row_group, compression="none" if avg > 2048 else "zstd")
-    os.replace(tmp, path)
+    # Atomic and fsynced: dataset.json, written after every shard, never lists a partial one.
+    write_atomic(path, lambda f: pq.write_table(table, f, row_group_size=row_group,
+                                                compression="none" if avg > 2048 else "zstd"))
 
 
 def _encode_and_write(batch: dict, *, opts: IngestOptions, dest: str, run_id: str) -> dict:
@@ -351,9 +353,8 @@ def _previous_moments(previous: DatasetInfo | None) -> dict:
 
 
 def _write_csv(path: Path, header: list[str], rows) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
