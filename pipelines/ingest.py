@@ -32,13 +32,13 @@ import pyarrow.parquet as pq
 
 from pipelines import cifar, destination, images, stats, storage
 from pipelines.atomic import write_atomic
-from pipelines.dataset import INFO_FILE, SCHEMA, SPLITS, DatasetInfo, write_info
+from pipelines.dataset import IMAGE_FORMATS, INFO_FILE, SCHEMA, SPLITS, DatasetInfo, write_info
 from pipelines.destination import DUPLICATES_FILE, REJECTS_FILE
 from pipelines.errors import UserError
 from pipelines.sources import Listing, list_source, read_source
 
 ROW_GROUP_MB = 32  # Parquet row group size: what a streaming reader holds in memory per file
-FORMATS = ("jpeg", "png", "raw")
+FORMATS = IMAGE_FORMATS
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ def _ingest(source, claim: destination.Claim, opts: IngestOptions, listing: List
         params={**asdict(opts), "source": src, "source_type": source_type or _detected(source, listing)},
         pixel_moments=moments,
     )
-    claim.commit(lambda: write_info(Path(dest.path), info))  # from here on readers see the new shards
+    claim.commit(lambda: write_info(dest, info))  # from here on readers see the new shards
     # Reports of this run, after the commit: a kill in between leaves the previous ones.
     _write_csv(Path(dest.path) / REJECTS_FILE, ["path", "reason"], sorted(rejects))
     _write_csv(Path(dest.path) / DUPLICATES_FILE, ["path", "same_content_as"], sorted(duplicates))
