@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import math
 import os
 import time
@@ -51,6 +52,16 @@ class IngestOptions:
     min_side: int = 32  # px, shorter side of the source image; smaller ones are rejected (CIFAR is 32)
     shard_mb: int = 256  # target shard size in MB
     strict: bool = False  # any reject fails the run
+
+    def encoding(self) -> dict[str, object]:
+        """The options that decide the stored bytes of an image, by their CLI names: part of the
+        dataset version, and what an append must share with the dataset."""
+        if self.image_format == "raw":
+            return {"--format": "raw", "--raw-size": self.raw_size}
+        enc: dict[str, object] = {"--format": self.image_format, "--resize": self.resize or 0}
+        if self.image_format == "jpeg":
+            enc["--quality"] = self.quality
+        return enc
 
     def validate(self) -> None:
         if self.image_format not in FORMATS:
@@ -175,11 +186,28 @@ def _existing_rows(info: DatasetInfo | None) -> list[tuple[str, int, str]]:
     return rows
 
 
-def _fingerprint(rows: list[tuple[str, int, str]], classes: list[str], image_format: str) -> str:
-    digest = hashlib.sha256(f"{classes}|{image_format}\n".encode())
+def _fingerprint(rows: list[tuple[str, int, str]], classes: list[str], encoding: dict[str, object]) -> str:
+    """The dataset version: a hash of the classes, how images are encoded, and every image's
+    (id, label, split), so it changes iff the stored content does."""
+    digest = hashlib.sha256(f"{classes}|{json.dumps(encoding, sort_keys=True)}\n".encode())
     for image_id, label, split in sorted(rows):
         digest.update(f"{image_id}:{label}:{split}\n".encode())
     return digest.hexdigest()[:16]
+
+
+_ENCODING_PARAMS = {"image_format": "--format", "resize": "--resize", "quality": "--quality", "raw_size": "--raw-size"}
+
+
+def _check_same_encoding(previous: DatasetInfo, opts: IngestOptions, dest) -> None:
+    """Appending must encode as the dataset did: one dataset, one encoding (and one version rule).
+    Options the previous run did not record in dataset.json's params are not compared."""
+    recorded = {k: previous.params[k] for k in _ENCODING_PARAMS if k in previous.params}
+    theirs = IngestOptions(**{**recorded, "image_format": previous.image_format}).encoding()
+    known = {_ENCODING_PARAMS[k] for k in recorded} | {"--format"}
+    for option, value in opts.encoding().items():
+        if option in known and option in theirs and theirs[option] != value:
+            raise UserError(f"{option} {value}: the dataset at {dest} was ingested with {option} {theirs[option]}; "
+                            "appending would mix two encodings (use the same option, or a new destination)")
 
 
 def _strict_error(rejects: list[tuple[str, str]]) -> UserError:
@@ -210,9 +238,8 @@ def _ingest(source, claim: destination.Claim, opts: IngestOptions, listing: List
         raise UserError(
             f"source classes {listing.classes} differ from the dataset's {previous.classes} in {dest.join(INFO_FILE)}"
         )
-    if previous and previous.image_format != opts.image_format:
-        raise UserError(f"--format {opts.image_format}: the dataset at {dest} stores {previous.image_format}; "
-                        "appending needs the same format")
+    if previous:
+        _check_same_encoding(previous, opts, dest)
     rejects = list(listing.rejects)
     if opts.strict and rejects:
         raise _strict_error(rejects)
@@ -242,7 +269,10 @@ def _ingest(source, claim: destination.Claim, opts: IngestOptions, listing: List
         counts=counts,
         shards=shards,
         **stats.finalize(np.array(moments["sum"]), np.array(moments["outer"]), moments["count"]),
-        version=_fingerprint(all_rows, listing.classes, opts.image_format),
+        # Nothing added: the content, and so the version, is the one already there (whichever
+        # version of this code computed it).
+        version=previous.version if previous and not new_rows else _fingerprint(all_rows, listing.classes,
+                                                                                 opts.encoding()),
         image_format=opts.image_format,
         params={**asdict(opts), "source": src, "source_type": source_type or _detected(source, listing)},
         pixel_moments=moments,
