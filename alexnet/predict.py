@@ -145,15 +145,17 @@ def read_images(data: str | os.PathLike, model, *, split: str | None = None, cro
 
     root = Path(data)
     preset = ValPreset(crop=crop, resize=resize)
-    if (root / DATASET_FILE).is_file():
+    from pipelines import storage
+
+    if storage.is_uri(str(data)) or (root / DATASET_FILE).is_file():  # a dataset, local or at a URI
         from pipelines.dataset import load_info
         from pipelines.loader import read_shards
 
-        info = load_info(root)
+        info = load_info(str(data))
         splits = [split] if split else list(info.shards)
         paths = [p for s in splits for p in info.shard_paths(s)]
         if not paths:
-            raise UserError(f"--data {root}: no shards for split {split!r}; it has {', '.join(info.shards)}")
+            raise UserError(f"--data {data}: no shards for split {split!r}; it has {', '.join(info.shards)}")
         raw = ["height", "width"] if info.image_format == "raw" else []
         ds = read_shards(paths, ["id", "image", "label", "source", *raw])
         if list(info.classes) != list(model.classes):

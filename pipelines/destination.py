@@ -61,6 +61,11 @@ def check(dest: str | Location) -> DatasetInfo | None:
     if not top:
         return None
     names = {storage.relative(dest, e): e.type == pyarrow.fs.FileType.Directory for e in top}
+    for split in SPLITS:  # an empty split folder is nothing (object stores leave such markers)
+        if names.get(split) and not storage.listing(dest.join(split)):
+            del names[split]
+    if not names:
+        return None
     marker = locks.LOCK_FILE in names or any(n.startswith(".staging-") for n in names)
     foreign = sorted(n for n, d in names.items() if not _own_top(n, d))
     if not foreign and marker:
@@ -82,8 +87,7 @@ def preflight(dest: str) -> DatasetInfo | None:
     refuse before it starts Ray. Touches nothing."""
     loc = storage.locate(dest)
     previous = check(loc)
-    if storage.exists(loc):
-        locks.probe(loc)
+    locks.probe(loc)
     return previous
 
 
@@ -99,30 +103,42 @@ class Claim:
     created: bool = False  # the destination did not exist before this run
     committed: bool = False  # dataset.json now lists this run's shards: they are data
 
-    def commit(self, write) -> None:
-        """Run `write()` (which writes dataset.json) if this run still holds the lock."""
+    def commit(self, write, new_shards: dict[str, list[str]]) -> None:
+        """Run `write()` (which writes dataset.json) if this run still holds the lock and every
+        shard it is about to list is there."""
         self.lock.verify()
+        for split, rels in new_shards.items():
+            present = {f"{split}/{storage.relative(self.dest.join(split), e)}"
+                       for e in storage.listing(self.dest.join(split))}
+            missing = sorted(set(rels) - present)
+            if missing:
+                raise RuntimeError(f"{self.dest}: shard {missing[0]} written by this run is gone; "
+                                   "another process removed it; nothing was committed")
         write()
         self.committed = True
 
 
 @contextmanager
-def claim(dest: str | Location):
+def claim(dest: str | Location, stale_lock_s: float = locks.STALE_S):
     """Lock `dest` for the whole `with` block and yield a Claim. Leftovers of dead runs are
-    removed once the lock is held; if the block raises, this run's files are removed."""
+    removed once the lock is held; if the block raises, this run's files are removed.
+    `stale_lock_s`: on object storage, the age after which a lock object is a dead run's."""
     dest = dest if isinstance(dest, Location) else storage.locate(dest)
     check(dest)  # refuse a foreign folder before creating anything in it
     created = not storage.exists(dest)
-    lock = locks.lock_for(dest)
+    lock = locks.lock_for(dest, stale_lock_s)
     lock.acquire()
+    c = None
     try:
         previous = check(dest)  # again, under the lock: another run may have committed meanwhile
         _remove_leftovers(dest, previous)
         c = Claim(dest, previous, uuid.uuid4().hex[:8], lock, created)
         yield c
     except BaseException:
-        _remove_own(dest, locals().get("c"), created)
-        lock.release()
+        try:
+            _remove_own(dest, c)
+        finally:
+            lock.release()
         if created:
             storage.remove_empty_dir(dest)
         raise
@@ -146,7 +162,7 @@ def _remove_leftovers(dest: Location, previous: DatasetInfo | None) -> None:
                 storage.delete(folder.join(name))
 
 
-def _remove_own(dest: Location, c: Claim | None, created: bool) -> None:
+def _remove_own(dest: Location, c: Claim | None) -> None:
     """After a failure: this run's shards and temp files, and the split folders if now empty
     and the destination held no dataset."""
     if c is not None and not c.committed:

@@ -36,6 +36,7 @@ from pipelines.atomic import write_atomic
 from pipelines.dataset import IMAGE_FORMATS, INFO_FILE, SCHEMA, SPLITS, DatasetInfo, write_info
 from pipelines.destination import DUPLICATES_FILE, REJECTS_FILE
 from pipelines.errors import UserError
+from pipelines.lock import STALE_S
 from pipelines.sources import Listing, list_source, read_source
 
 ROW_GROUP_MB = 32  # Parquet row group size: what a streaming reader holds in memory per file
@@ -138,7 +139,7 @@ def _encode(data: bytes, opts: IngestOptions) -> tuple[bytes, int, int, np.ndarr
     return stored, pixels.shape[0], pixels.shape[1], pixels
 
 
-def _write_shard(rows: list[dict], path: Path) -> None:
+def _write_shard(rows: list[dict], path: str | Path | storage.Location) -> None:
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     avg = max(1, table.nbytes // max(1, table.num_rows))
     row_group = int(min(4096, max(8, (ROW_GROUP_MB << 20) // avg)))  # a reader holds one row group at a time
@@ -170,8 +171,9 @@ def _encode_and_write(batch: dict, *, opts: IngestOptions, dest: str, run_id: st
         for key, value in zip(out, (image_id, split, int(label), reject, shard, s.tolist(), o.ravel().tolist(), c)):
             out[key].append(value)
     for split, rows in shard_rows.items():
-        (Path(dest) / split).mkdir(parents=True, exist_ok=True)
-        _write_shard(rows, Path(dest) / split / shard_name)
+        folder = storage.locate(dest).join(split)
+        storage.make_dirs(folder)
+        _write_shard(rows, folder.join(shard_name))
     return out
 
 
@@ -181,7 +183,8 @@ def _existing_rows(info: DatasetInfo | None) -> list[tuple[str, int, str]]:
     rows = []
     for split in info.shards:
         for shard in info.shard_paths(split):
-            t = pq.read_table(shard, columns=["id", "label"])
+            with storage.open_input(shard) as f:
+                t = pq.read_table(f, columns=["id", "label"])
             rows += [(i, l, split) for i, l in zip(t["id"].to_pylist(), t["label"].to_pylist())]
     return rows
 
@@ -217,15 +220,16 @@ def _strict_error(rejects: list[tuple[str, str]]) -> UserError:
 
 def ingest(source: str | os.PathLike, dest: str | os.PathLike, opts: IngestOptions = IngestOptions(),
            listing: Listing | None = None, *, source_type: str | None = None,
-           progress: Callable[[str], None] | None = None) -> IngestSummary:
+           progress: Callable[[str], None] | None = None, stale_lock_s: float = STALE_S) -> IngestSummary:
     """Ingest `source` (folder, manifest or CIFAR; auto-detected unless `source_type`) into `dest`
     (created, or appended to), holding `dest`'s lock throughout (a concurrent ingest into it is a
-    UserError). Needs a running Ray (`ray.init`). `progress` gets one-line updates."""
+    UserError). Either may be a local path or a URI (s3://...). Needs a running Ray (`ray.init`).
+    `progress` gets one-line updates; `stale_lock_s`: see `pipelines.lock`."""
     say = progress or (lambda message: None)
     start = time.time()
     opts.validate()
     listing = listing or list_source(source, source_type)  # bad sources fail before dest is touched
-    with destination.claim(dest) as claim:
+    with destination.claim(dest, stale_lock_s) as claim:
         return _ingest(source, claim, opts, listing, source_type, say, start)
 
 
@@ -277,10 +281,10 @@ def _ingest(source, claim: destination.Claim, opts: IngestOptions, listing: List
         params={**asdict(opts), "source": src, "source_type": source_type or _detected(source, listing)},
         pixel_moments=moments,
     )
-    claim.commit(lambda: write_info(dest, info))  # from here on readers see the new shards
+    claim.commit(lambda: write_info(dest, info), new_shards)  # from here on readers see the new shards
     # Reports of this run, after the commit: a kill in between leaves the previous ones.
-    _write_csv(Path(dest.path) / REJECTS_FILE, ["path", "reason"], sorted(rejects))
-    _write_csv(Path(dest.path) / DUPLICATES_FILE, ["path", "same_content_as"], sorted(duplicates))
+    _write_csv(dest.join(REJECTS_FILE), ["path", "reason"], sorted(rejects))
+    _write_csv(dest.join(DUPLICATES_FILE), ["path", "same_content_as"], sorted(duplicates))
     return IngestSummary(dest.uri, info.version, previous.version if previous else None, len(new_rows),
                          len(duplicates), already, rejects, sum(len(v) for v in new_shards.values()), counts,
                          time.time() - start, duplicate_paths=duplicates)
@@ -363,7 +367,7 @@ def _add_moments(a: dict, b: dict) -> dict:
 def _detected(source, listing: Listing) -> str:
     if listing.items and "#" in listing.items[0].path and cifar.is_ref(listing.items[0].path):
         return "cifar"
-    return "manifest" if Path(source).is_file() else "folder"
+    return "manifest" if storage.is_file(storage.locate(source)) else "folder"
 
 
 def _reasons(rejects: list[tuple[str, str]]) -> str:
@@ -382,7 +386,7 @@ def _previous_moments(previous: DatasetInfo | None) -> dict:
     return {"sum": [0.0] * 3, "outer": [0.0] * 9, "count": 0}
 
 
-def _write_csv(path: Path, header: list[str], rows) -> None:
+def _write_csv(path: storage.Location, header: list[str], rows) -> None:
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     writer.writerow(header)

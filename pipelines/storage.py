@@ -131,6 +131,15 @@ def open_input(target: str | Location):
     return loc.fs.open_input_file(loc.path)
 
 
+def pyarrow_paths(targets: list[str]) -> tuple[object, list[str]]:
+    """Paths or URIs on one filesystem -> (that filesystem, their paths on it), for pyarrow and
+    Ray Data readers that take a `filesystem=`."""
+    locs = [locate(t) for t in targets]
+    if any(type(loc.fs) is not type(locs[0].fs) for loc in locs):
+        raise UserError(f"{targets[0]} and the other paths given are on different filesystems")
+    return (locs[0].fs if locs else None), [loc.path for loc in locs]
+
+
 def listing(loc: Location, recursive: bool = False) -> list:
     """pyarrow FileInfos under `loc` (empty when it does not exist)."""
     import pyarrow.fs

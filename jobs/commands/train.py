@@ -40,7 +40,8 @@ def run(args) -> int:
     from alexnet.trainer import check_inputs
     from jobs.training import new_run_name, run_training
 
-    overrides = ([f"data.path={os.path.abspath(args.data)}"] if args.data else []) + list(args.overrides)
+    data = args.data if args.data is None or "://" in args.data else os.path.abspath(args.data)  # s3:// as is
+    overrides = ([f"data.path={data}"] if data else []) + list(args.overrides)
     cfg = load_config(args.recipe, overrides)
     check_inputs(cfg)  # bad arch/dataset/batch: exit 2 before Ray starts
     work = prepare_workdir(args.workdir)
