@@ -143,10 +143,10 @@ def read_images(data: str | os.PathLike, model, *, split: str | None = None, cro
     that class as its label; others have none."""
     import ray.data
 
-    root = Path(data)
-    preset = ValPreset(crop=crop, resize=resize)
     from pipelines import storage
 
+    root = Path(data)
+    preset = ValPreset(crop=crop, resize=resize)
     if storage.is_uri(str(data)) or (root / DATASET_FILE).is_file():  # a dataset, local or at a URI
         from pipelines.dataset import load_info
         from pipelines.loader import read_shards

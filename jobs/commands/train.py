@@ -39,8 +39,9 @@ def run(args) -> int:
     from jobs.runtime import prepare_workdir, ray_session
     from alexnet.trainer import check_inputs
     from jobs.training import new_run_name, run_training
+    from pipelines.storage import is_uri
 
-    data = args.data if args.data is None or "://" in args.data else os.path.abspath(args.data)  # s3:// as is
+    data = args.data if args.data is None or is_uri(args.data) else os.path.abspath(args.data)  # s3:// as is
     overrides = ([f"data.path={data}"] if data else []) + list(args.overrides)
     cfg = load_config(args.recipe, overrides)
     check_inputs(cfg)  # bad arch/dataset/batch: exit 2 before Ray starts
