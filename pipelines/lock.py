@@ -157,13 +157,13 @@ class ObjectLock:
         return self.dest.join(LOCK_FILE)
 
     def acquire(self) -> None:
-        current = read_object_lock(self.dest)
-        if current and current.get("owner") != self.holder["owner"] and _fresh(current, self.stale_s):
-            raise busy_error(self.dest, current, f", last heartbeat {time.time() - current['heartbeat']:.0f} s ago")
-        try:
+        try:  # a missing bucket or a refused credential shows here first: one line, not a traceback
+            current = read_object_lock(self.dest)
+            if current and current.get("owner") != self.holder["owner"] and _fresh(current, self.stale_s):
+                raise busy_error(self.dest, current, f", last heartbeat {time.time() - current['heartbeat']:.0f} s ago")
             self._write()
         except OSError as err:
-            raise UserError(f"{self.dest}: cannot write there: {err}") from None
+            raise UserError(f"{self.dest}: cannot write there: {str(err).splitlines()[0]}") from None
         time.sleep(SETTLE_S)  # a run that raced us has written its own by now: the read-back tells
         current = read_object_lock(self.dest)
         if not current or current.get("owner") != self.holder["owner"]:

@@ -208,3 +208,9 @@ def test_a_killed_ingest_on_s3_leaves_the_previous_version_and_its_lock_expires(
     after = ingest(src, dest, OPTS, stale_lock_s=1.0)  # ...until it is stale (120 s by default)
     assert after.added == 780 and after.already_present == 20 and not _unlisted(dest)
     assert LOCK_FILE not in objects(dest) and open_dataset(dest).num_images == 800
+
+
+def test_a_bucket_that_does_not_exist_is_one_line(s3_server, tmp_path):
+    with pytest.raises(UserError, match=r"^s3://no-such-bucket-here/ds: cannot write there: ") as err:
+        ingest(_images(tmp_path / "src", n=2), "s3://no-such-bucket-here/ds", OPTS)
+    assert "\n" not in str(err.value)
