@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from pipelines.atomic import write_atomic
+
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 
@@ -20,24 +22,20 @@ META_FILE = "meta.json"
 def save(directory: str | os.PathLike, *, model, optimizer, plateau: dict, epoch: int, config: dict,
          dataset_version: str, metrics: dict, num_classes: int) -> Path:
     path = Path(directory) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "plateau": plateau,
-            "epoch": epoch,  # the last completed epoch, 0-based
-            "config": config,
-            "dataset_version": dataset_version,
-            "metrics": metrics,
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
-    meta = Path(directory) / META_FILE
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "plateau": plateau,
+        "epoch": epoch,  # the last completed epoch, 0-based
+        "config": config,
+        "dataset_version": dataset_version,
+        "metrics": metrics,
+    }
+    write_atomic(path, lambda f: torch.save(state, f))
     # state_bytes lets a reader tell a complete upload from one cut off by a killed process.
-    meta.write_text(json.dumps({"epoch": epoch, "dataset_version": dataset_version, "metrics": metrics,
-                                "state_bytes": path.stat().st_size, "shape": shape_of(config, num_classes)}))
+    write_atomic(Path(directory) / META_FILE,
+                 json.dumps({"epoch": epoch, "dataset_version": dataset_version, "metrics": metrics,
+                             "state_bytes": path.stat().st_size, "shape": shape_of(config, num_classes)}))
     return path
 
 

@@ -150,17 +150,19 @@ def read_images(data: str | os.PathLike, model, *, split: str | None = None, cro
     that class as its label; others have none."""
     import ray.data
 
+    from pipelines import storage
+
     root = Path(data)
     preset = ValPreset(crop=crop, resize=resize)
-    if (root / DATASET_FILE).is_file():
+    if storage.is_uri(str(data)) or (root / DATASET_FILE).is_file():  # a dataset, local or at a URI
         from pipelines.dataset import load_info
         from pipelines.loader import read_shards
 
-        info = load_info(root)
+        info = load_info(str(data))
         splits = [split] if split else list(info.shards)
         paths = [p for s in splits for p in info.shard_paths(s)]
         if not paths:
-            raise UserError(f"--data {root}: no shards for split {split!r}; it has {', '.join(info.shards)}")
+            raise UserError(f"--data {data}: no shards for split {split!r}; it has {', '.join(info.shards)}")
         ds = read_shards(paths, ["id", "image", "label", "source", "height", "width"])
         if list(info.classes) != list(model.classes):
             ds = ds.map_batches(_relabel, fn_kwargs={"mapping": _label_map(info.classes, model.classes)},

@@ -14,7 +14,6 @@ import datetime as dt
 import fcntl
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,13 +40,10 @@ def load_state(path: Path) -> dict[str, sch.ScheduleState]:
 
 
 def save_state(path: Path, states: dict[str, sch.ScheduleState]) -> None:
+    from pipelines.atomic import write_atomic
+
     data = {"version": STATE_VERSION, "schedules": {n: dataclasses.asdict(s) for n, s in states.items()}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2))
 
 
 @contextmanager

@@ -3,6 +3,11 @@
 The files are pickles (a dict of `data` uint8 N x 3072, `labels` or `fine_labels`, `filenames`),
 so they are loaded with a restricted unpickler that resolves only the few globals a numpy array
 needs; any other global (`os.system`, `builtins.eval`, ...) is refused before it is called.
+Even numpy's own globals are not handed out as they are: `ndarray(shape)` and `_reconstruct`
+allocate arrays without initialising them, and a pickle that skips the step that fills one
+would smuggle process memory into the dataset as pixels. The unpickler's stand-ins create only
+empty arrays (what numpy's pickles start from), which the pickle's own state then fills; an
+array never filled stays empty and fails validation. Files are size-checked before reading.
 
 Each image becomes an item whose path is `BATCHFILE#INDEX`; `read_image` turns it into a binary
 PPM (a fixed header + the raw pixels), so its content id depends on the pixels only.
@@ -10,8 +15,10 @@ PPM (a fixed header + the raw pixels), so its content id depends on the pixels o
 
 from __future__ import annotations
 
+import codecs
 import functools
 import io
+import os
 import pickle
 from pathlib import Path
 
@@ -25,20 +32,50 @@ TEST_NAMES = ("test_batch", "test")
 META_NAMES = ("batches.meta", "meta")
 SIDE = 32
 
-# The only globals a CIFAR pickle (numpy arrays, bytes written by Python 2 or 3) refers to.
+# CIFAR-100's train file, the largest, is 155 MB; a file far above that is not a CIFAR batch.
+MAX_FILE_BYTES = 256 << 20
+
+
+class _ArrayClass:
+    """Stands for numpy.ndarray in a pickle: usable only as `_reconstruct`'s first argument
+    (calling it, as `ndarray(shape, dtype)`, would allocate uninitialised memory)."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("numpy.ndarray(...) called directly: an uninitialised array, not CIFAR data")
+
+
+def _reconstruct(cls, shape, dtype):
+    """numpy's `_reconstruct`, restricted to what numpy's pickles call it with: an empty array
+    of a plain dtype, then filled by the pickle's BUILD step (`ndarray.__setstate__`)."""
+    if cls is not _ArrayClass:
+        raise pickle.UnpicklingError("_reconstruct of something other than numpy.ndarray")
+    if tuple(shape) != (0,):
+        raise pickle.UnpicklingError(f"_reconstruct with shape {tuple(shape)}: numpy's pickles start from (0,)")
+    return np.empty((0,), dtype=_dtype(dtype))
+
+
+def _dtype(spec, *args):
+    dtype = np.dtype(spec, *args[:2])
+    if dtype.hasobject:
+        raise pickle.UnpicklingError(f"refusing dtype {dtype}: arrays of Python objects are not CIFAR pixels")
+    return dtype
+
+
+# The only globals a CIFAR pickle (numpy arrays, bytes written by Python 2 or 3) refers to, each
+# mapped to what the unpickler hands out for it.
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): _ArrayClass,
+    ("numpy", "dtype"): _dtype,
+    ("_codecs", "encode"): codecs.encode,  # how protocol-2 pickles written by Python 3 store bytes
 }
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
+            return _ALLOWED[module, name]
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: not part of the CIFAR format")
 
 
@@ -46,10 +83,16 @@ def load_pickle(path: str | Path) -> dict:
     """Load a CIFAR batch/meta pickle safely; keys are returned as str. UserError if not CIFAR."""
     path = Path(path)
     try:
-        data = path.read_bytes()
-        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+        with open(path, "rb") as f:
+            # Bounded twice: by the size the file says it has, and by what is read (it may grow).
+            data = None if os.fstat(f.fileno()).st_size > MAX_FILE_BYTES else f.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         raise UserError(f"CIFAR file {path}: unreadable: {err.strerror or err}") from None
+    if data is None or len(data) > MAX_FILE_BYTES:
+        raise UserError(f"CIFAR file {path}: larger than {MAX_FILE_BYTES >> 20} MB, more than any CIFAR "
+                        "file; not a CIFAR python-version pickle")
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as err:  # UnpicklingError, EOFError, ValueError...
         raise UserError(f"CIFAR file {path}: not a CIFAR python-version pickle: {err}") from None
     if not isinstance(obj, dict):

@@ -8,19 +8,22 @@ not data (an interrupted ingest leaves only unlisted files, which the next inges
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import storage
+from pipelines.atomic import write_atomic
 from pipelines.errors import UserError
+from pipelines.storage import Location
 
 SCHEMA_VERSION = 1
 INFO_FILE = "dataset.json"
 SPLITS = ("train", "val")
+IMAGE_FORMATS = ("jpeg", "png", "raw")
 
 SCHEMA = pa.schema(
     [
@@ -73,25 +76,22 @@ class DatasetInfo:
         return data
 
 
-def write_info(directory: Path, info: DatasetInfo) -> None:
-    """Atomically replace `dataset.json` (temp file + rename, so a reader never sees half)."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".dataset.", suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(info.to_json(), f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, Path(directory) / INFO_FILE)
+def write_info(directory: str | os.PathLike | Location, info: DatasetInfo) -> None:
+    """Replace `dataset.json` atomically: a reader sees the old one or the new one, whole."""
+    loc = directory if isinstance(directory, Location) else storage.locate(directory)
+    write_atomic(loc.join(INFO_FILE), json.dumps(info.to_json(), indent=2))
 
 
 def load_info(directory: str | os.PathLike) -> DatasetInfo:
-    """Read `dataset.json` without touching the shards."""
-    path = Path(directory) / INFO_FILE
-    if not Path(directory).is_dir():
-        raise UserError(f"dataset directory {directory} does not exist")
-    if not path.is_file():
-        raise UserError(f"{path}: missing; {directory} is not a dataset directory (run `alexnet ingest` first)")
+    """Read and check `dataset.json` (a local folder or a URI) without touching the shards."""
+    loc = storage.locate(directory)
+    path = loc.join(INFO_FILE)
+    if not storage.is_file(path):
+        if not storage.exists(loc):
+            raise UserError(f"dataset directory {loc} does not exist")
+        raise UserError(f"{path}: missing; {loc} is not a dataset directory (run `alexnet ingest` first)")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(storage.read_bytes(path))
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: unreadable dataset metadata: {err}") from err
     if not isinstance(raw, dict):
@@ -100,37 +100,95 @@ def load_info(directory: str | os.PathLike) -> DatasetInfo:
     if version != SCHEMA_VERSION:
         raise UserError(f"{path}: schema_version {version!r} is not supported (this build reads {SCHEMA_VERSION})")
     try:
-        info = DatasetInfo(**raw, path=str(Path(directory).resolve()))
+        info = DatasetInfo(**raw, path=loc.uri)
     except TypeError as err:
         raise UserError(f"{path}: malformed dataset metadata: {err}") from err
-    if not isinstance(info.classes, list) or not all(isinstance(c, str) for c in info.classes):
-        raise UserError(f"{path}: 'classes' must be a list of class names")
-    if not isinstance(info.shards, dict) or set(info.shards) - set(SPLITS):
-        raise UserError(f"{path}: 'shards' must map {' and '.join(SPLITS)} to shard lists")
+    check_fields(info, str(path))
     return info
+
+
+def _bad(where: str, name: str, expected: str, value) -> UserError:
+    shown = json.dumps(value)
+    return UserError(f"{where}: field {name!r}: expected {expected}, got {shown[:120]}")
+
+
+def _numbers(value, n: int) -> bool:
+    return (isinstance(value, list) and len(value) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _relative_path(rel) -> bool:
+    """A shard path inside the dataset folder: relative, no `..`, no scheme, no backslash."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "://" in rel or rel.startswith(("/", "~")):
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def check_fields(info: DatasetInfo, where: str) -> None:
+    """Every field a reader relies on, each refused with one line naming the file and field."""
+    classes = info.classes
+    if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise _bad(where, "classes", "a list of distinct class names", classes)
+    if not isinstance(info.counts, dict) or set(info.counts) - set(SPLITS) or not all(
+            isinstance(per, dict) and set(per) <= set(classes) and all(_count(n) for n in per.values())
+            for per in info.counts.values()):
+        raise _bad(where, "counts", f"{{split: {{class: images >= 0}}}} for splits {'/'.join(SPLITS)} "
+                                    "and the listed classes", info.counts)
+    if not isinstance(info.shards, dict) or set(info.shards) - set(SPLITS) \
+            or not all(isinstance(v, list) for v in info.shards.values()):
+        raise _bad(where, "shards", f"{{split: [shard paths]}} for splits {'/'.join(SPLITS)}", info.shards)
+    for split, rels in info.shards.items():
+        for rel in rels:
+            if not _relative_path(rel):
+                raise _bad(where, "shards", "paths relative to the dataset folder (no '..', not absolute)", rel)
+        if len(set(rels)) != len(rels):
+            raise _bad(where, "shards", "each shard listed once", rels)
+    for name, n, positive in (("pixel_mean", 3, False), ("pixel_std", 3, True), ("pca_eigval", 3, False)):
+        value = getattr(info, name)
+        if not _numbers(value, n) or any(v <= 0 if positive else v < 0 for v in value):
+            raise _bad(where, name, f"{n} finite numbers{', each > 0' if positive else ', each >= 0'} (RGB)", value)
+    if not isinstance(info.pca_eigvec, list) or len(info.pca_eigvec) != 3 or not all(_numbers(r, 3) for r in info.pca_eigvec):
+        raise _bad(where, "pca_eigvec", "a 3x3 matrix of finite numbers", info.pca_eigvec)
+    if not isinstance(info.version, str) or not info.version:
+        raise _bad(where, "version", "a non-empty string", info.version)
+    if info.image_format not in IMAGE_FORMATS:
+        raise _bad(where, "image_format", " or ".join(IMAGE_FORMATS), info.image_format)
+    if not isinstance(info.params, dict):
+        raise _bad(where, "params", "an object", info.params)
+    m = info.pixel_moments
+    if not isinstance(m, dict) or (m and not (_numbers(m.get("sum"), 3) and _numbers(m.get("outer"), 9)
+                                              and _count(m.get("count")))):
+        raise _bad(where, "pixel_moments", "{sum: 3 numbers, outer: 9 numbers, count: pixels >= 0}", m)
 
 
 def open_dataset(directory: str | os.PathLike) -> DatasetInfo:
     """Load and validate a dataset for training: every listed shard exists, has the schema's
     columns and types, and its labels lie inside the class list (from Parquet statistics, so
-    this reads footers, not images)."""
+    this reads footers, not images; a row group without them has its label column read)."""
     info = load_info(directory)
+    where = storage.locate(directory).join(INFO_FILE)
     if info.num_classes < 2:
-        raise UserError(f"{Path(directory) / INFO_FILE}: needs at least 2 classes, has {info.num_classes}")
+        raise UserError(f"{where}: needs at least 2 classes, has {info.num_classes}")
     if not info.shards.get("train"):
-        raise UserError(f"{Path(directory) / INFO_FILE}: lists no train shards")
-    for split in info.shards:
+        raise UserError(f"{where}: lists no train shards")
+    for split in SPLITS:
         rows = sum(_validate_shard(shard, info.num_classes) for shard in info.shard_paths(split))
         if rows != info.split_size(split):
-            raise UserError(f"{Path(directory) / INFO_FILE}: counts say {info.split_size(split)} {split} images, "
+            raise UserError(f"{where}: counts say {info.split_size(split)} {split} images, "
                             f"its {split} shards hold {rows}")
     return info
 
 
 def _validate_shard(shard: str, num_classes: int) -> int:
-    """Check one shard's footer; return its row count."""
+    """Check one shard's footer (and labels); return its row count."""
     try:
-        meta = pq.ParquetFile(shard).metadata
+        file = pq.ParquetFile(storage.open_input(shard))
+        meta = file.metadata
     except FileNotFoundError:
         raise UserError(f"{shard}: listed in {INFO_FILE} but missing") from None
     except (OSError, pa.ArrowInvalid) as err:
@@ -145,10 +203,20 @@ def _validate_shard(shard: str, num_classes: int) -> int:
     col = schema.names.index("label")
     for rg in range(meta.num_row_groups):
         stats = meta.row_group(rg).column(col).statistics
-        if stats is None or not stats.has_min_max:
-            continue
-        if stats.min < 0 or stats.max >= num_classes:
+        if stats is not None and stats.has_min_max:
+            low, high = stats.min, stats.max
+        else:  # written without statistics: read this row group's labels (one small column)
+            import pyarrow.compute as pc
+
+            labels = file.read_row_group(rg, columns=["label"]).column("label")
+            if labels.null_count:
+                raise UserError(f"{shard}: column 'label' has missing values")
+            bounds = pc.min_max(labels).as_py()
+            low, high = bounds["min"], bounds["max"]
+            if low is None:
+                continue
+        if low < 0 or high >= num_classes:
             raise UserError(
-                f"{shard}: label values {stats.min}..{stats.max} outside the {num_classes} classes of {INFO_FILE}"
+                f"{shard}: label values {low}..{high} outside the {num_classes} classes of {INFO_FILE}"
             )
     return meta.num_rows

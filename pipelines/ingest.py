@@ -4,19 +4,22 @@ Two passes over Ray Data, both spread over the cluster's CPUs:
 1. hash: read each file's bytes -> content id (sha256). The driver drops duplicates and images
    the dataset already holds, so a re-run only processes what is new.
 2. encode: each Ray Data block becomes one shard. The task decodes, validates, re-encodes and
-   writes its own Parquet file to a staging directory, and returns only small per-image rows
+   writes its own Parquet file into the destination, and returns only small per-image rows
    (id, split, reject reason, pixel moments). Image bytes never pass through the driver.
-The driver then moves the staged shards into place and writes `dataset.json` last (atomically):
-until then no reader sees the new shards, so an interrupted ingest leaves nothing half-written.
+Shards go straight to `DEST/<split>/part-<run id>-<task id>.parquet`; the driver writes
+`dataset.json` last (atomically): until then no reader sees the new shards, so an interrupted
+ingest leaves nothing a reader takes for data. The whole run holds DEST's lock
+(`pipelines.destination`), which also decides what may be cleaned up.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import json
 import math
 import os
-import shutil
 import time
 import uuid
 from collections import Counter
@@ -28,16 +31,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import cifar, images, stats
+from pipelines import cifar, destination, images, stats, storage
+from pipelines.atomic import write_atomic
+from pipelines.dataset import IMAGE_FORMATS, INFO_FILE, SCHEMA, SPLITS, DatasetInfo, write_info
 from pipelines.decode import ImageDecodeError, is_jpeg, open_source
-from pipelines.dataset import INFO_FILE, SCHEMA, SPLITS, DatasetInfo, load_info, write_info
+from pipelines.destination import DUPLICATES_FILE, REJECTS_FILE
 from pipelines.errors import UserError
+from pipelines.lock import STALE_S
 from pipelines.sources import Listing, list_source, read_source
 
-REJECTS_FILE = "rejects.csv"
-DUPLICATES_FILE = "duplicates.csv"
 ROW_GROUP_MB = 32  # Parquet row group size: what a streaming reader holds in memory per file
-FORMATS = ("jpeg", "png", "raw")
+FORMATS = IMAGE_FORMATS
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,16 @@ class IngestOptions:
     min_side: int = 32  # px, shorter side of the source image; smaller ones are rejected (CIFAR is 32)
     shard_mb: int = 256  # target shard size in MB
     strict: bool = False  # any reject fails the run
+
+    def encoding(self) -> dict[str, object]:
+        """The options that decide the stored bytes of an image, by their CLI names: part of the
+        dataset version, and what an append must share with the dataset."""
+        if self.image_format == "raw":
+            return {"--format": "raw", "--raw-size": self.raw_size}
+        enc: dict[str, object] = {"--format": self.image_format, "--resize": self.resize or 0}
+        if self.image_format == "jpeg":
+            enc["--quality"] = self.quality
+        return enc
 
     def validate(self) -> None:
         if self.image_format not in FORMATS:
@@ -127,20 +141,21 @@ def _encode(data: bytes, opts: IngestOptions) -> tuple[bytes, int, int, np.ndarr
     return stored, pixels.shape[0], pixels.shape[1], pixels
 
 
-def _write_shard(rows: list[dict], path: Path) -> None:
+def _write_shard(rows: list[dict], path: str | Path | storage.Location) -> None:
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     avg = max(1, table.nbytes // max(1, table.num_rows))
     row_group = int(min(4096, max(8, (ROW_GROUP_MB << 20) // avg)))  # a reader holds one row group at a time
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp, row_group_size=row_group, compression="none" if avg > 2048 else "zstd")
-    os.replace(tmp, path)
+    # Atomic and fsynced: dataset.json, written after every shard, never lists a partial one.
+    write_atomic(path, lambda f: pq.write_table(table, f, row_group_size=row_group,
+                                                compression="none" if avg > 2048 else "zstd"))
 
 
-def _encode_and_write(batch: dict, *, opts: IngestOptions, staging: str) -> dict:
-    """One block -> one shard per split in `staging`; returns one small row per image."""
+def _encode_and_write(batch: dict, *, opts: IngestOptions, dest: str, run_id: str) -> dict:
+    """One block -> one shard per split under `dest`, named after this run; returns one small
+    row per image."""
     out: dict[str, list] = {k: [] for k in ("id", "split", "label", "reject", "shard", "sum", "outer", "count")}
     shard_rows: dict[str, list[dict]] = {}
-    shard_name = f"part-{uuid.uuid4().hex[:16]}.parquet"
+    shard_name = f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
     for path, image_id, label, name, split in zip(batch["path"], batch["id"], batch["label"], batch["label_name"], batch["split"]):
         reject, s, o, c, shard = "", np.zeros(3), np.zeros((3, 3)), 0, ""
         try:
@@ -158,38 +173,10 @@ def _encode_and_write(batch: dict, *, opts: IngestOptions, staging: str) -> dict
         for key, value in zip(out, (image_id, split, int(label), reject, shard, s.tolist(), o.ravel().tolist(), c)):
             out[key].append(value)
     for split, rows in shard_rows.items():
-        (Path(staging) / split).mkdir(parents=True, exist_ok=True)
-        _write_shard(rows, Path(staging) / split / shard_name)
+        folder = storage.locate(dest).join(split)
+        storage.make_dirs(folder)
+        _write_shard(rows, folder.join(shard_name))
     return out
-
-
-# What an ingest writes; a directory holding only these (and no dataset.json) is a killed first run.
-_OWN_ENTRIES = {"train", "val", REJECTS_FILE, DUPLICATES_FILE}
-
-
-def _is_own(name: str) -> bool:
-    return name in _OWN_ENTRIES or name.startswith((".staging-", ".dataset.", f".{REJECTS_FILE}", f".{DUPLICATES_FILE}"))
-
-
-def check_destination(dest: Path) -> DatasetInfo | None:
-    """Return the dataset already at `dest`, if any, after removing what a killed run left."""
-    if dest.exists() and not dest.is_dir():
-        raise UserError(f"destination {dest} is a file, not a directory")
-    if not dest.is_dir():
-        return None
-    previous = load_info(dest) if (dest / INFO_FILE).is_file() else None
-    if previous is None and any(not _is_own(p.name) for p in dest.iterdir()):
-        raise UserError(f"destination {dest} is a non-empty directory that is not a dataset (no {INFO_FILE})")
-    listed = {rel for names in (previous.shards.values() if previous else []) for rel in names}
-    for split in SPLITS:
-        for shard in (dest / split).glob("*") if (dest / split).is_dir() else []:
-            if f"{split}/{shard.name}" not in listed:
-                shard.unlink()  # moved into place by a run killed before it wrote dataset.json
-    for stale in dest.glob(".staging-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in dest.glob(".dataset.*.json.tmp"):
-        stale.unlink(missing_ok=True)
-    return previous
 
 
 def _existing_rows(info: DatasetInfo | None) -> list[tuple[str, int, str]]:
@@ -198,16 +185,34 @@ def _existing_rows(info: DatasetInfo | None) -> list[tuple[str, int, str]]:
     rows = []
     for split in info.shards:
         for shard in info.shard_paths(split):
-            t = pq.read_table(shard, columns=["id", "label"])
+            with storage.open_input(shard) as f:
+                t = pq.read_table(f, columns=["id", "label"])
             rows += [(i, l, split) for i, l in zip(t["id"].to_pylist(), t["label"].to_pylist())]
     return rows
 
 
-def _fingerprint(rows: list[tuple[str, int, str]], classes: list[str], image_format: str) -> str:
-    digest = hashlib.sha256(f"{classes}|{image_format}\n".encode())
+def _fingerprint(rows: list[tuple[str, int, str]], classes: list[str], encoding: dict[str, object]) -> str:
+    """The dataset version: a hash of the classes, how images are encoded, and every image's
+    (id, label, split), so it changes iff the stored content does."""
+    digest = hashlib.sha256(f"{classes}|{json.dumps(encoding, sort_keys=True)}\n".encode())
     for image_id, label, split in sorted(rows):
         digest.update(f"{image_id}:{label}:{split}\n".encode())
     return digest.hexdigest()[:16]
+
+
+_ENCODING_PARAMS = {"image_format": "--format", "resize": "--resize", "quality": "--quality", "raw_size": "--raw-size"}
+
+
+def _check_same_encoding(previous: DatasetInfo, opts: IngestOptions, dest) -> None:
+    """Appending must encode as the dataset did: one dataset, one encoding (and one version rule).
+    Options the previous run did not record in dataset.json's params are not compared."""
+    recorded = {k: previous.params[k] for k in _ENCODING_PARAMS if k in previous.params}
+    theirs = IngestOptions(**{**recorded, "image_format": previous.image_format}).encoding()
+    known = {_ENCODING_PARAMS[k] for k in recorded} | {"--format"}
+    for option, value in opts.encoding().items():
+        if option in known and option in theirs and theirs[option] != value:
+            raise UserError(f"{option} {value}: the dataset at {dest} was ingested with {option} {theirs[option]}; "
+                            "appending would mix two encodings (use the same option, or a new destination)")
 
 
 def _strict_error(rejects: list[tuple[str, str]]) -> UserError:
@@ -217,39 +222,89 @@ def _strict_error(rejects: list[tuple[str, str]]) -> UserError:
 
 def ingest(source: str | os.PathLike, dest: str | os.PathLike, opts: IngestOptions = IngestOptions(),
            listing: Listing | None = None, *, source_type: str | None = None,
-           progress: Callable[[str], None] | None = None) -> IngestSummary:
+           progress: Callable[[str], None] | None = None, stale_lock_s: float = STALE_S) -> IngestSummary:
     """Ingest `source` (folder, manifest or CIFAR; auto-detected unless `source_type`) into `dest`
-    (created, or appended to). Needs a running Ray (`ray.init`). `progress` gets one-line updates."""
-    import ray.data
-
+    (created, or appended to), holding `dest`'s lock throughout (a concurrent ingest into it is a
+    UserError). Either may be a local path or a URI (s3://...). Needs a running Ray (`ray.init`).
+    `progress` gets one-line updates; `stale_lock_s`: see `pipelines.lock`."""
     say = progress or (lambda message: None)
     start = time.time()
     opts.validate()
     listing = listing or list_source(source, source_type)  # bad sources fail before dest is touched
-    dest = Path(dest).resolve()
-    previous = check_destination(dest)
+    with destination.claim(dest, stale_lock_s) as claim:
+        return _ingest(source, claim, opts, listing, source_type, say, start)
+
+
+def _ingest(source, claim: destination.Claim, opts: IngestOptions, listing: Listing, source_type: str | None,
+            say: Callable[[str], None], start: float) -> IngestSummary:
+    import ray
+
+    dest, previous = claim.dest, claim.previous
     if previous and previous.classes != listing.classes:
         raise UserError(
-            f"source classes {listing.classes} differ from the dataset's {previous.classes} in {dest / INFO_FILE}"
+            f"source classes {listing.classes} differ from the dataset's {previous.classes} in {dest.join(INFO_FILE)}"
         )
-    if previous and previous.image_format != opts.image_format:
-        raise UserError(f"--format {opts.image_format}: the dataset at {dest} stores {previous.image_format}; "
-                        "appending needs the same format")
-    label_of = {name: i for i, name in enumerate(listing.classes)}
+    if previous:
+        _check_same_encoding(previous, opts, dest)
     rejects = list(listing.rejects)
     if opts.strict and rejects:
         raise _strict_error(rejects)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    existing = _existing_rows(previous)
+    todo, duplicates, already, total_bytes = _hash_pass(source, listing, {r[0] for r in existing}, opts, cpus,
+                                                        rejects, say)
+    if opts.strict and rejects:
+        raise _strict_error(rejects)
+    new_rows, new_shards, moments = _encode_pass(todo, total_bytes, claim, opts, cpus, rejects, say,
+                                                 f"({already} already present, {len(duplicates)} duplicates)")
+    if opts.strict and rejects:
+        raise _strict_error(rejects)
+    moments = _add_moments(_previous_moments(previous), moments)
+    all_rows = existing + new_rows
+    if not all_rows:
+        raise UserError(f"source {source}: every image was rejected ({_reasons(rejects)})")
+    if moments["count"] == 0:
+        raise UserError(f"source {source}: no training images left after the val split (--val-fraction {opts.val_fraction})")
+    counts = {s: {c: 0 for c in listing.classes} for s in SPLITS}
+    for _, label, split in all_rows:
+        counts[split][listing.classes[label]] += 1
+    shards = {s: (previous.shards.get(s, []) if previous else []) + new_shards[s] for s in SPLITS}
+    src = str(source) if storage.is_uri(source) else str(Path(source).resolve())
+    info = DatasetInfo(
+        classes=listing.classes,
+        counts=counts,
+        shards=shards,
+        **stats.finalize(np.array(moments["sum"]), np.array(moments["outer"]), moments["count"]),
+        # Nothing added: the content, and so the version, is the one already there (whichever
+        # version of this code computed it).
+        version=previous.version if previous and not new_rows else _fingerprint(all_rows, listing.classes,
+                                                                                 opts.encoding()),
+        image_format=opts.image_format,
+        params={**asdict(opts), "source": src, "source_type": source_type or _detected(source, listing)},
+        pixel_moments=moments,
+    )
+    claim.commit(lambda: write_info(dest, info), new_shards)  # from here on readers see the new shards
+    # Reports of this run, after the commit: a kill in between leaves the previous ones.
+    _write_csv(dest.join(REJECTS_FILE), ["path", "reason"], sorted(rejects))
+    _write_csv(dest.join(DUPLICATES_FILE), ["path", "same_content_as"], sorted(duplicates))
+    return IngestSummary(dest.uri, info.version, previous.version if previous else None, len(new_rows),
+                         len(duplicates), already, rejects, sum(len(v) for v in new_shards.values()), counts,
+                         time.time() - start, duplicate_paths=duplicates)
 
-    # Pass 1: content ids. Few, large blocks: the work per file is small, Ray's per-task cost is not.
+
+def _hash_pass(source, listing: Listing, existing_ids: set[str], opts: IngestOptions, cpus: int,
+               rejects: list, say) -> tuple[list[dict], list[tuple[str, str]], int, int]:
+    """Pass 1: content ids of every listed file -> (new images to encode, duplicates, images
+    already in the dataset, bytes to encode). Unreadable files are appended to `rejects`."""
+    import ray.data
+
+    # Few, large blocks: the work per file is small, Ray's per-task cost is not.
     say(f"hashing {len(listing.items)} files from {source} on {cpus} CPUs")
     n_blocks = min(len(listing.items), max(2 * cpus, math.ceil(len(listing.items) / 20000)))
     hashed = ray.data.from_items([{"path": it.path} for it in listing.items], override_num_blocks=n_blocks)
     hashed = hashed.map_batches(_hash_batch, batch_size=None).to_pandas()
     by_path = {it.path: it for it in listing.items}
-
-    existing = _existing_rows(previous)
-    existing_ids = {row[0] for row in existing}
+    label_of = {name: i for i, name in enumerate(listing.classes)}
     first_path: dict[str, str] = {}
     todo, duplicates, already, total_bytes = [], [], 0, 0
     for path, image_id, nbytes, error in hashed.itertuples(index=False):
@@ -266,98 +321,55 @@ def ingest(source: str | os.PathLike, dest: str | os.PathLike, opts: IngestOptio
             todo.append({"path": path, "id": image_id, "label": label_of[item.label_name],
                          "label_name": item.label_name, "split": split})
             total_bytes += nbytes
-    if opts.strict and rejects:
-        raise _strict_error(rejects)
     # Shards in content-id order, not the source's (class folder by class folder): a row group
     # then holds every class, so a training epoch that streams a few row groups at a time, with
     # a bounded shuffle buffer, still mixes classes within each batch. The order is deterministic.
     todo.sort(key=lambda t: t["id"])
-    path_of = {t["id"]: t["path"] for t in todo}
+    return todo, duplicates, already, total_bytes
 
-    # Pass 2: encode + write shards into staging.
-    created = not dest.exists()
-    staging = dest / f".staging-{uuid.uuid4().hex[:8]}"
+
+def _encode_pass(todo: list[dict], total_bytes: int, claim: destination.Claim, opts: IngestOptions, cpus: int,
+                 rejects: list, say, note: str) -> tuple[list[tuple[str, int, str]], dict[str, list[str]], dict]:
+    """Pass 2: encode `todo` and write this run's shards into the destination -> (new rows,
+    split -> new shard paths, pixel moments of the new train images). Rejects are appended."""
+    import ray.data
+
     new_rows: list[tuple[str, int, str]] = []
-    moments = _previous_moments(previous)
-    new_shards: dict[str, list[str]] = {s: [] for s in SPLITS}
-    try:
-        if todo:
-            staging.mkdir(parents=True)
-            avg = max(1, total_bytes // len(todo))
-            rows_per_shard = max(1, (opts.shard_mb << 20) // avg)
-            # At least 2 blocks per CPU so small datasets still use every core.
-            n_blocks = max(math.ceil(len(todo) / rows_per_shard), min(len(todo), 2 * cpus))
-            say(f"encoding {len(todo)} new images ({already} already present, {len(duplicates)} duplicates) "
-                f"into ~{n_blocks} shards")
-            result = (
-                ray.data.from_items(todo, override_num_blocks=n_blocks)
-                .map_batches(_encode_and_write, batch_size=None, fn_kwargs={"opts": opts, "staging": str(staging)})
-                .to_pandas()
-            )
-            for row in result.itertuples(index=False):
-                if row.reject:
-                    rejects.append((path_of[row.id], row.reject))
-                    continue
-                new_rows.append((row.id, int(row.label), row.split))
-                if row.split == "train":
-                    moments["sum"] = np.add(moments["sum"], row.sum).tolist()
-                    moments["outer"] = np.add(moments["outer"], row.outer).tolist()
-                    moments["count"] += int(row.count)
-            if opts.strict and rejects:
-                raise _strict_error(rejects)
-            for split in SPLITS:
-                if (staging / split).is_dir():
-                    (dest / split).mkdir(parents=True, exist_ok=True)
-                    for f in sorted((staging / split).glob("*.parquet")):
-                        os.replace(f, dest / split / f.name)
-                        new_shards[split].append(f"{split}/{f.name}")
-        all_rows = existing + new_rows
-        if not all_rows:
-            raise UserError(f"source {source}: every image was rejected ({_reasons(rejects)})")
-        if moments["count"] == 0:
-            raise UserError(f"source {source}: no training images left after the val split (--val-fraction {opts.val_fraction})")
-        counts = {s: {c: 0 for c in listing.classes} for s in SPLITS}
-        for _, label, split in all_rows:
-            counts[split][listing.classes[label]] += 1
-        shards = {s: (previous.shards.get(s, []) if previous else []) + new_shards[s] for s in SPLITS}
-        src = str(source) if isinstance(source, str) and "://" in source else str(Path(source).resolve())
-        info = DatasetInfo(
-            classes=listing.classes,
-            counts=counts,
-            shards=shards,
-            **stats.finalize(np.array(moments["sum"]), np.array(moments["outer"]), moments["count"]),
-            version=_fingerprint(all_rows, listing.classes, opts.image_format),
-            image_format=opts.image_format,
-            params={**asdict(opts), "source": src, "source_type": source_type or _detected(source, listing)},
-            pixel_moments=moments,
-        )
-        dest.mkdir(parents=True, exist_ok=True)
-        _write_csv(dest / REJECTS_FILE, ["path", "reason"], sorted(rejects))
-        _write_csv(dest / DUPLICATES_FILE, ["path", "same_content_as"], sorted(duplicates))
-        write_info(dest, info)  # the commit point: from here on readers see the new shards
-    except BaseException:
-        # Nothing listed in the previous dataset.json was touched; drop what this run staged or moved.
-        for split, names in new_shards.items():
-            for rel in names:
-                (dest / rel).unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(dest, ignore_errors=True)
-        elif previous is None and dest.is_dir():
-            for entry in dest.iterdir():  # it held nothing but a killed run's leftovers when we started
-                if _is_own(entry.name):
-                    shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
-    return IngestSummary(str(dest), info.version, previous.version if previous else None, len(new_rows),
-                         len(duplicates), already, rejects, sum(len(v) for v in new_shards.values()), counts,
-                         time.time() - start, duplicate_paths=duplicates)
+    new_shards: dict[str, set[str]] = {s: set() for s in SPLITS}
+    moments = {"sum": [0.0] * 3, "outer": [0.0] * 9, "count": 0}
+    if not todo:
+        return new_rows, {s: [] for s in SPLITS}, moments
+    path_of = {t["id"]: t["path"] for t in todo}
+    rows_per_shard = max(1, (opts.shard_mb << 20) // max(1, total_bytes // len(todo)))
+    # At least 2 blocks per CPU so small datasets still use every core.
+    n_blocks = max(math.ceil(len(todo) / rows_per_shard), min(len(todo), 2 * cpus))
+    say(f"encoding {len(todo)} new images {note} into ~{n_blocks} shards")
+    result = (
+        ray.data.from_items(todo, override_num_blocks=n_blocks)
+        .map_batches(_encode_and_write, batch_size=None,
+                     fn_kwargs={"opts": opts, "dest": claim.dest.uri, "run_id": claim.run_id})
+        .to_pandas()
+    )
+    for row in result.itertuples(index=False):
+        if row.reject:
+            rejects.append((path_of[row.id], row.reject))
+            continue
+        new_rows.append((row.id, int(row.label), row.split))
+        new_shards[row.split].add(row.shard)
+        if row.split == "train":
+            moments = _add_moments(moments, {"sum": row.sum, "outer": row.outer, "count": row.count})
+    return new_rows, {s: sorted(v) for s, v in new_shards.items()}, moments
+
+
+def _add_moments(a: dict, b: dict) -> dict:
+    return {"sum": np.add(a["sum"], b["sum"]).tolist(), "outer": np.add(a["outer"], b["outer"]).tolist(),
+            "count": int(a["count"]) + int(b["count"])}
 
 
 def _detected(source, listing: Listing) -> str:
     if listing.items and "#" in listing.items[0].path and cifar.is_ref(listing.items[0].path):
         return "cifar"
-    return "manifest" if Path(source).is_file() else "folder"
+    return "manifest" if storage.is_file(storage.locate(source)) else "folder"
 
 
 def _reasons(rejects: list[tuple[str, str]]) -> str:
@@ -376,10 +388,9 @@ def _previous_moments(previous: DatasetInfo | None) -> dict:
     return {"sum": [0.0] * 3, "outer": [0.0] * 9, "count": 0}
 
 
-def _write_csv(path: Path, header: list[str], rows) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+def _write_csv(path: storage.Location, header: list[str], rows) -> None:
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())

@@ -123,8 +123,11 @@ def read_shards(paths: list[str], columns: list[str], **kw):
     rows inside the decoding tasks instead, see the module docstring)."""
     import ray.data
 
+    from pipelines import storage
+
+    fs, fs_paths = storage.pyarrow_paths(paths)  # local paths or URIs, resolved as everywhere else
     with _per_file_reads():
-        return ray.data.read_parquet(paths, columns=columns, **kw)
+        return ray.data.read_parquet(fs_paths, columns=columns, filesystem=fs, **kw)
 
 
 def _task_rows(total: int, cpus: float, batch_rows: int) -> int:
@@ -151,8 +154,11 @@ def _footer(path: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from pipelines import storage
+
     try:
-        return pq.ParquetFile(path).metadata
+        with storage.open_input(path) as f:
+            return pq.ParquetFile(f).metadata
     except (OSError, pa.ArrowException) as err:
         raise UserError(f"{path}: not a readable Parquet shard ({err})") from None
 
@@ -167,7 +173,10 @@ def _read_unit(unit: dict, columns: list[str]) -> dict:
     """One work unit's rows as a numpy batch (columns -> arrays)."""
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(unit["path"]).read_row_group(unit["group"], columns=columns)
+    from pipelines import storage
+
+    with storage.open_input(unit["path"]) as f:  # a local path or a URI (s3://...), read by this task
+        table = pq.ParquetFile(f).read_row_group(unit["group"], columns=columns)
     table = table.slice(unit["start"], unit["rows"])
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,24 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster on loopback only
 
 VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The S3-compatible server of the object-storage tests (fixture `s3_server`) is reached only as a
+# user reaches S3: through the standard variables, which pyarrow reads. They are set here, before
+# any fixture starts Ray, so Ray's workers and the CLI subprocesses inherit them; no real
+# credentials or profile can leak into a test. Nothing listens on the port until a test needs it.
+S3_PORT = free_port()
+os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="testing",
+                  AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_CONFIG_FILE",
+              "AWS_SHARED_CREDENTIALS_FILE"):
+    os.environ.pop(_name, None)
 
 
 _RAY: dict = {}
@@ -55,10 +75,42 @@ def shapes_dataset(ray_local, shapes_source, tmp_path_factory) -> Path:
     return dest
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> str:
+    """moto's standalone S3 server (a real HTTP server, its own process) on loopback, for the
+    session; returns its endpoint URL (the one in AWS_ENDPOINT_URL)."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(S3_PORT)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/", timeout=5).read()
+            break
+        except OSError as err:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the S3 server did not start: {err}\n{log.read_text()[-2000:]}") from err
+            time.sleep(0.3)
+    yield endpoint
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A new, empty bucket: `s3://NAME`."""
+    import pyarrow.fs
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs, _ = pyarrow.fs.FileSystem.from_uri(f"s3://{name}?allow_bucket_creation=true")
+    fs.create_dir(name)
+    return f"s3://{name}"
 
 
 @pytest.fixture(scope="session")

@@ -85,3 +85,55 @@ def test_not_a_dataset(tmp_path):
     (tmp_path / INFO_FILE).write_text("{not json")
     with pytest.raises(UserError, match="unreadable dataset metadata"):
         open_dataset(tmp_path)
+
+
+def _set(ds: Path, field: str, value) -> None:
+    meta = json.loads((ds / INFO_FILE).read_text())
+    meta[field] = value(meta[field]) if callable(value) else value
+    (ds / INFO_FILE).write_text(json.dumps(meta))
+
+
+BAD_FIELDS = [
+    ("shards", lambda s: {**s, "train": ["/etc/passwd"]}),
+    ("shards", lambda s: {**s, "train": [f"../{s['train'][0]}"]}),
+    ("shards", lambda s: {**s, "train": ["train/../../outside.parquet"]}),
+    ("shards", lambda s: {**s, "train": ["s3://bucket/train/part.parquet"]}),
+    ("shards", lambda s: {**s, "train": s["train"] * 2}),
+    ("pixel_std", [0.0, 0.2, 0.2]),
+    ("pixel_std", [0.2, 0.2]),
+    ("pixel_std", [0.2, 0.2, float("nan")]),
+    ("pixel_mean", [0.5, 0.5, 0.5, 0.5]),
+    ("pixel_mean", ["0.5", 0.5, 0.5]),
+    ("pca_eigval", [0.1, 0.01]),
+    ("pca_eigval", [0.1, -0.01, 0.001]),
+    ("pca_eigvec", [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+    ("counts", lambda c: {**c, "train": {**c["train"], "circle": -1}}),
+    ("counts", lambda c: {**c, "train": {**c["train"], "circle": "12"}}),
+    ("counts", lambda c: {**c, "train": {**c["train"], "no-such-class": 1}}),
+    ("counts", lambda c: {**c, "test": {}}),
+    ("counts", [1, 2]),
+    ("classes", lambda c: c[:-1] + c[:1]),
+    ("version", ""),
+    ("image_format", "gif"),
+    ("pixel_moments", {"sum": [1.0, 2.0], "outer": [0.0] * 9, "count": 1}),
+]
+
+
+@pytest.mark.parametrize("field,value", BAD_FIELDS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_FIELDS)])
+def test_each_bad_field_is_one_line_naming_the_file_and_field(copy, field, value):
+    _set(copy, field, value)
+    with pytest.raises(UserError, match=rf"^{copy / INFO_FILE}: field '{field}': expected ") as err:
+        open_dataset(copy)
+    assert "\n" not in str(err.value)
+
+
+def test_labels_are_checked_in_shards_written_without_statistics(copy):
+    def bump(t):
+        return t.set_column(t.schema.get_field_index("label"), "label", pa.array([99] * t.num_rows, pa.int32()))
+
+    info = load_info(copy)
+    shard = info.shard_paths("train")[0]
+    pq.write_table(bump(pq.read_table(shard)), shard, write_statistics=False)
+    assert pq.read_metadata(shard).row_group(0).column(2).statistics is None
+    with pytest.raises(UserError, match=f"{shard}: label values 99..99 outside the 6 classes"):
+        open_dataset(copy)

@@ -356,3 +356,92 @@ def test_malicious_cifar_pickle_is_rejected_without_running(tmp_path):
     r = _alexnet("ingest", str(root), str(tmp_path / "ds"))
     assert r.returncode == 2 and "refusing" in r.stderr and not marker.exists()
     assert not (tmp_path / "ds").exists()
+
+
+class _Uninitialised:
+    """Pickles as numpy's own `_reconstruct(ndarray, shape, dtype)` with no BUILD step after it:
+    unpickled by numpy, an N x 3072 uint8 array of whatever the allocator returned."""
+
+    def __init__(self, n: int, direct: bool = False):
+        self.n, self.direct = n, direct
+
+    def __reduce__(self):
+        if self.direct:  # ndarray(shape, dtype): the same uninitialised memory, one call shorter
+            return (np.ndarray, ((self.n, 3072), np.dtype("uint8")))
+        return (np.ndarray.__reduce__(np.zeros(1, np.uint8))[0], (np.ndarray, (self.n, 3072), np.dtype("uint8")))
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["_reconstruct", "ndarray"])
+def test_a_cifar_pickle_that_never_fills_its_array_is_refused(tmp_path, direct):
+    root = write_cifar10(tmp_path / "cifar", batches=1)
+    with open(root / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _Uninitialised(64, direct), b"labels": [0] * 64}, f, protocol=2)
+    raw = (root / "data_batch_1").read_bytes()
+    assert b"_reconstruct" in raw or direct
+    assert pickle.loads(raw)[b"data"].shape == (64, 3072)  # numpy itself would build it
+    with pytest.raises(UserError, match=r"data_batch_1: not a CIFAR python-version pickle: .*(_reconstruct with "
+                                        r"shape \(64, 3072\)|ndarray\(\.\.\.\) called directly)"):
+        list_source(root)
+    # Genuine batches still load, at numpy's default protocols too.
+    for protocol in (2, 4):
+        pickle.dump({b"data": np.arange(64 * 3072, dtype=np.uint8).reshape(64, 3072) % 251, b"labels": [1] * 64},
+                    open(root / "data_batch_1", "wb"), protocol=protocol)
+        from pipelines import cifar
+
+        cifar.load_batch.cache_clear()
+        pixels, labels = cifar.load_batch(str((root / "data_batch_1").resolve()))
+        assert pixels.shape == (64, 32, 32, 3) and int(pixels[0, 0, 1, 0]) == 1 and labels == [1] * 64
+
+
+def test_an_oversized_cifar_file_is_refused_before_it_is_read(tmp_path):
+    from pipelines import cifar
+
+    root = write_cifar10(tmp_path / "cifar", batches=1)
+    with open(root / "data_batch_1", "r+b") as f:
+        f.truncate(cifar.MAX_FILE_BYTES + 1)  # sparse: costs no disk
+    with pytest.raises(UserError, match=r"data_batch_1: larger than 256 MB"):
+        list_source(root)
+
+
+# --- the dataset version ------------------------------------------------------------------------
+
+
+def test_the_version_changes_with_the_stored_encoding_and_only_with_it(ray_local, tmp_path):
+    src = _folder(tmp_path / "src", n=3, size=(80, 60))
+    base = dict(min_side=16, val_fraction=0.25)
+    variants = {"a": IngestOptions(resize=48, **base), "a-again": IngestOptions(resize=48, **base),
+                "resize": IngestOptions(resize=40, **base), "png": IngestOptions(image_format="png", resize=48, **base),
+                "quality": IngestOptions(resize=48, quality=60, **base),
+                "raw": IngestOptions(image_format="raw", raw_size=32, **base),
+                "raw-size": IngestOptions(image_format="raw", raw_size=40, **base)}
+    versions = {name: ingest(src, tmp_path / name, opts).version for name, opts in variants.items()}
+    assert versions["a"] == versions["a-again"]  # same source, same encoding: same content
+    others = [v for k, v in versions.items() if k != "a-again"]
+    assert len(set(others)) == len(others), versions
+
+
+def test_appending_with_another_encoding_is_refused_naming_both_values(ray_local, tmp_path):
+    src, dest = _folder(tmp_path / "src", n=3), tmp_path / "ds"
+    ingest(src, dest, OPTS)
+    before = (dest / "dataset.json").read_bytes()
+    _folder(src, n=5)
+    for opts, needle in [(IngestOptions(resize=40, min_side=16), "--resize 40: .* was ingested with --resize 48"),
+                         (IngestOptions(resize=48, quality=50, min_side=16), "--quality 50: .* with --quality 90"),
+                         (IngestOptions(image_format="png", resize=48, min_side=16), "--format png: .* with --format jpeg")]:
+        with pytest.raises(UserError, match=needle):
+            ingest(src, dest, opts)
+    assert (dest / "dataset.json").read_bytes() == before
+
+
+def test_an_unchanged_source_keeps_the_version_of_a_dataset_written_by_earlier_code(ray_local, tmp_path):
+    src, dest = _folder(tmp_path / "src", n=3), tmp_path / "ds"
+    ingest(src, dest, OPTS)
+    meta = json.loads((dest / "dataset.json").read_text())
+    meta["version"] = "0123456789abcdef"  # what another version of the fingerprint computed
+    (dest / "dataset.json").write_text(json.dumps(meta))
+    again = ingest(src, dest, OPTS)
+    assert again.added == 0 and again.version == again.previous_version == "0123456789abcdef"
+    assert load_info(dest).version == "0123456789abcdef"
+    _folder(src, n=4)  # one new image per class: new content, a new version
+    grown = ingest(src, dest, OPTS)
+    assert grown.added == 2 and grown.version != "0123456789abcdef"

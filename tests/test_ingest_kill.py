@@ -1,4 +1,5 @@
-"""An ingest killed with SIGKILL mid-way leaves nothing a reader takes for data; a re-run completes it."""
+"""Two ingests into one destination: the second is refused while the first runs, touching nothing.
+An ingest killed with SIGKILL mid-way leaves nothing a reader takes for data; a re-run completes it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.dataset import open_dataset
+from pipelines.dataset import load_info, open_dataset
+from pipelines.errors import UserError
 from pipelines.ingest import IngestOptions, ingest
 
 OPTS = dict(resize=64, val_fraction=0.2, shard_mb=1)
@@ -26,6 +28,21 @@ def _write(root: Path, start: int, stop: int) -> None:
         folder = root / ("odd" if i % 2 else "even")
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, size=(160, 200, 3), dtype=np.uint8)).save(folder / f"{i:05d}.jpg", quality=95)
+
+
+def _a_second_ingest_is_refused(src: Path, dest: Path) -> None:
+    """While another process ingests into `dest`: refused at once, and none of the running
+    ingest's files is removed (the CLI's exit 2 is tested in test_ingest_destination.py)."""
+    running = set(_unlisted(dest))
+    with pytest.raises(UserError, match=r"another `alexnet ingest` is writing this dataset \(pid \d+ on "):
+        ingest(src, dest, IngestOptions(**OPTS))
+    assert all(p.exists() for p in running)  # listed by now, or still being written: never removed
+
+
+def _unlisted(dest: Path) -> list[Path]:
+    listed = {rel for rels in load_info(dest).shards.values() for rel in rels}
+    return [p for split in ("train", "val") for p in (dest / split).glob("*")
+            if f"{split}/{p.name}" not in listed]
 
 
 @pytest.mark.slow
@@ -41,9 +58,11 @@ def test_sigkill_mid_ingest_leaves_the_previous_version_and_a_rerun_completes(ra
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            if any(dest.glob(".staging-*/*/*.parquet")):  # the encode pass has written its first shard
+            if _unlisted(dest):  # the encode pass has written its first shard
                 break
             time.sleep(0.05)
+        assert proc.poll() is None, "ingest finished before it could be killed; make the dataset bigger"
+        _a_second_ingest_is_refused(src, dest)
         assert proc.poll() is None, "ingest finished before it could be killed; make the dataset bigger"
         os.killpg(proc.pid, signal.SIGKILL)  # the CLI and the local Ray it started
         proc.wait(timeout=30)
@@ -52,13 +71,13 @@ def test_sigkill_mid_ingest_leaves_the_previous_version_and_a_rerun_completes(ra
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
 
-    # Readers see the previous version, whole; the staged shards are invisible to them.
+    # Readers see the previous version, whole; the killed run's shards are invisible to them.
     info = open_dataset(dest)
     assert info.version == before.version and info.num_images == 20
-    assert any(dest.glob(".staging-*/*/*.parquet"))
+    assert _unlisted(dest) and (dest / ".ingest.lock").exists()  # the kernel released its lock, the file stays
 
     after = ingest(src, dest, IngestOptions(**OPTS))
-    assert not list(dest.glob(".staging-*"))
+    assert not _unlisted(dest) and not (dest / ".ingest.lock").exists()
     info = open_dataset(dest)
     ids = [i for split in ("train", "val") for s in info.shard_paths(split) for i in pq.read_table(s, columns=["id"])["id"].to_pylist()]
     assert len(ids) == len(set(ids)) == 1200 == info.num_images

@@ -70,13 +70,12 @@ def run(args) -> int:
 
 
 def write_metric_file(path: str, payload: dict) -> None:
-    """Temp file + rename: the scheduler never reads a half-written file."""
+    """Atomically: the scheduler never reads a half-written file."""
     import json
-    import os
     from pathlib import Path
+
+    from pipelines.atomic import write_atomic
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, target)
+    write_atomic(target, json.dumps(payload, indent=2))

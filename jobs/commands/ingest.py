@@ -6,8 +6,12 @@ SOURCE is auto-detected (force it with --source-type):
             relative paths are relative to the manifest's folder
   cifar     a CIFAR-10/100 "python version" directory (data_batch_1.., test_batch, batches.meta;
             or train, test, meta) or one batch file; stored as PNG at the native 32 px by default
+SOURCE (a folder or a manifest) and DEST may also be URIs such as s3://bucket/prefix; credentials
+and endpoints come from the standard AWS_* variables (AWS_ENDPOINT_URL for an S3-compatible
+server) or the instance role, never from the URI.
 Re-running on a source that gained images appends only the new ones as new shards (a new
-dataset version); an unchanged source adds nothing. Rejected files are listed with their reason
+dataset version); an unchanged source adds nothing. While an ingest runs, a second one into the
+same DEST exits 2 at once. Rejected files are listed with their reason
 in DEST/rejects.csv, duplicates (same content) in DEST/duplicates.csv.
 """
 
@@ -25,7 +29,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("ingest", help="convert an image dataset into a sharded Parquet dataset",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="image folder tree, manifest (.csv/.parquet) or CIFAR directory/batch file")
-    p.add_argument("dest", help="dataset directory to create or append to")
+    p.add_argument("dest", help="dataset directory (or s3://... URI) to create or append to")
     p.add_argument("--source-type", choices=SOURCE_TYPES, help="force the source type instead of detecting it")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"share put in val when the source has no split (default {d.val_fraction})")
     p.add_argument("--format", dest="image_format", choices=FORMATS,
@@ -58,15 +62,14 @@ def options(args, source_type: str):
 
 def run(args) -> int:
     from jobs.runtime import ray_session
-    from pathlib import Path
-
-    from pipelines.ingest import check_destination, ingest
+    from pipelines.destination import preflight
+    from pipelines.ingest import ingest
     from pipelines.sources import detect_source_type, list_source
 
     source_type = args.source_type or detect_source_type(args.source)
     opts = options(args, source_type)
     listing = list_source(args.source, source_type)  # bad sources and destinations fail here, before Ray starts
-    check_destination(Path(args.dest).resolve())
+    preflight(args.dest)  # not a dataset, or another ingest is writing it: exit 2 now
 
     def progress(message: str) -> None:
         print(f"ingest: {message}", file=sys.stderr, flush=True)

@@ -42,11 +42,13 @@ def run(args) -> int:
     from jobs.runtime import prepare_workdir, ray_session
     from jobs.training import new_run_name, run_training
     from pipelines.loader import stored_side
+    from pipelines.storage import is_uri
 
     if not args.recipe:
         raise UserError(f"--recipe is required: a shipped recipe ({', '.join(shipped_recipes())}) or a YAML file; "
                         "`torchvision` and `paper` are the full ImageNet recipes, `smoke` a 2-epoch installation check")
-    overrides = ([f"data.path={os.path.abspath(args.data)}"] if args.data else []) + list(args.overrides)
+    data = args.data if args.data is None or is_uri(args.data) else os.path.abspath(args.data)  # s3:// as is
+    overrides = ([f"data.path={data}"] if data else []) + list(args.overrides)
     cfg = load_config(args.recipe, overrides)
     print(f"recipe: {args.recipe} ({recipe_path(args.recipe)})" + (f", overrides: {' '.join(args.overrides)}"
                                                                    if args.overrides else ""), flush=True)

@@ -1,0 +1,83 @@
+"""The one way the project writes a file that a reader relies on: whole, or not at all.
+
+Local files: written to a temporary file beside the target (`.NAME.tmp-XXXXXXXX`), fsynced,
+renamed over the target, and the folder fsynced, so after a crash or power loss the target holds
+the old content or the new, never a mix, and what `dataset.json` lists is on disk before it is.
+Any failure (a full disk, a serialiser that raises, Ctrl-C) removes the temporary file and leaves
+the target as it was.
+
+Object stores (s3://, gs://...): there is no rename, but an object appears only when its upload
+completes. The content is produced in memory first and uploaded in one piece, so a writer that
+raises uploads nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from typing import BinaryIO, Callable
+
+from pipelines import storage
+from pipelines.storage import Location
+
+Writer = Callable[[BinaryIO], None]
+
+
+def temp_name(name: str) -> str:
+    """The temporary file written beside `name` (`pipelines.destination` recognises the pattern)."""
+    return f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def write_atomic(target: str | os.PathLike | Location, content: bytes | str | Writer) -> None:
+    """Replace `target` (a path, a URI or a Location) with `content`: bytes, text (UTF-8), or a
+    function that writes into the binary file object it is given."""
+    loc = target if isinstance(target, Location) else storage.locate(target)
+    if not loc.local:
+        _upload(loc, content)
+        return
+    folder, name = os.path.split(loc.path)
+    tmp = os.path.join(folder, temp_name(name))
+    try:
+        with open(tmp, "xb") as f:
+            _fill(f, content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, loc.path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def _fill(f: BinaryIO, content: bytes | str | Writer) -> None:
+    if isinstance(content, str):
+        f.write(content.encode())
+    elif isinstance(content, (bytes, bytearray, memoryview)):
+        f.write(content)
+    else:
+        content(f)
+
+
+def _upload(loc: Location, content: bytes | str | Writer) -> None:
+    buffer = io.BytesIO()
+    _fill(buffer, content)
+    with loc.fs.open_output_stream(loc.path) as out:
+        out.write(buffer.getbuffer())
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make the rename itself durable (the folder's entry), where the OS allows it."""
+    try:
+        fd = os.open(folder or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
