@@ -294,8 +294,11 @@ def stored_side(info: DatasetInfo) -> int:
         return int(params["raw_size"])
     if params.get("resize"):
         return int(params["resize"])
-    sides = [np.minimum(t["height"].to_numpy(), t["width"].to_numpy())
-             for t in (pq.read_table(path, columns=["height", "width"]) for path in info.shard_paths("train"))]
+    sides = []
+    for path in info.shard_paths("train"):
+        with storage.open_input(path) as f:
+            table = pq.read_table(f, columns=["height", "width"])
+        sides.append(np.minimum(table["height"].to_numpy(), table["width"].to_numpy()))
     return int(np.median(np.concatenate(sides))) if sides else 0
 
 
