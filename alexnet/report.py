@@ -1,6 +1,7 @@
 """Pictures and tables of a run for MLflow: confusion matrix, per-class accuracy, a sample grid.
 
-Pure functions of arrays (numpy in, files out); computing the predictions is predict.py's job.
+Pure functions of arrays (numpy in, files out), and `log_report`, which logs them into the run;
+computing the predictions is predict.py's job.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +86,27 @@ def sample_grid(images: np.ndarray, labels: list[int], classes: list[str], path:
         draw.text((x + 2, y + h * scale + 1), classes[int(labels[k])][:cell_w // 6], fill="black")
     grid.save(path, format="PNG")
     return Path(path)
+
+
+SAMPLE_GRID_IMAGES = 32  # augmented training crops shown in samples/train_augmented.png
+
+
+def log_report(client, run_id: str, cfg, info, scores, labels: np.ndarray, preds: np.ndarray) -> None:
+    """eval/confusion_matrix.png, eval/per_class_accuracy.csv and eval/val_scores.json for the val
+    split (`scores`, `labels`, `preds` from alexnet.predict.evaluate), and samples/train_augmented.png."""
+    from pipelines.loader import train_dataset
+
+    cm = confusion_matrix(labels, preds, info.num_classes)
+    sample = train_dataset(info, crop=cfg.data.crop, pca_std=cfg.data.pca_lighting, flip=cfg.data.flip,
+                           seed=None, random_resized_crop=cfg.data.random_resized_crop).take(SAMPLE_GRID_IMAGES)
+    with tempfile.TemporaryDirectory() as tmp:
+        confusion_png(cm, info.classes, Path(tmp) / "confusion_matrix.png")
+        (Path(tmp) / "per_class_accuracy.csv").write_text(rows_to_csv(per_class_rows(cm, info.classes)))
+        sample_grid(np.stack([np.asarray(r["image"], dtype=np.uint8) for r in sample]), [r["label"] for r in sample],
+                    info.classes, Path(tmp) / "train_augmented.png")
+        client.log_artifact(run_id, str(Path(tmp) / "confusion_matrix.png"), "eval")
+        client.log_artifact(run_id, str(Path(tmp) / "per_class_accuracy.csv"), "eval")
+        client.log_artifact(run_id, str(Path(tmp) / "train_augmented.png"), "samples")
+    client.log_dict(run_id, {"top1": scores.top1, "top5": scores.top5, "images": scores.images,
+                             "ten_crop": cfg.data.ten_crop_eval, "dataset_version": info.version,
+                             "confusion_matrix": cm.tolist(), "classes": info.classes}, "eval/val_scores.json")

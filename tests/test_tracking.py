@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from alexnet.tracking import MAX_PARAM_LENGTH, MetricLogger, flatten_params, is_local_store, redact, tracked_run
-from jobs.training import check_tracking_store
+from alexnet.run import check_tracking_store
 from pipelines.errors import UserError
 from tests.mlflow_helpers import MlflowServer, free_port, train_args, train_cli, trained_sqlite
 
@@ -143,14 +143,14 @@ def test_training_run_tracked_on_a_real_mlflow_server(ray_local, shapes_dataset,
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from alexnet.config import load_config
     from alexnet.predict import load_model
-    from jobs.training import run_training
+    from alexnet.run import run_training
 
     server = MlflowServer(tmp_path / "server").start()
     try:
         cfg = load_config("smoke", [f"data.path={shapes_dataset}", "optim.epochs=1", "optim.batch_size=16",
                                     "run.system_metrics=true", "run.system_metrics_interval=1"])
         report = run_training(cfg, tracking_uri=server.uri, storage=str(tmp_path / "runs"), run_name="http-run",
-                              tags={"token": "s3cr3t"})
+                              model_dir=tmp_path / "models", tags={"token": "s3cr3t"})
         assert report.alias == "champion" and report.registered == "models:/alexnet/1"
         assert_tracked_run(server.uri, report.run_id, shapes_dataset, epochs=1, version="1")
         assert str(client(server.uri).get_model_version_by_alias("alexnet", "champion").version) == "1"
