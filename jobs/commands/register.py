@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import contextlib
     from pathlib import Path
 
     from alexnet.publish import publish, read_registration
@@ -41,7 +42,7 @@ def run(args) -> int:
         info = open_dataset(registration["dataset_path"])
         if info.version == evaluation["dataset_version"]:  # a champion is re-scored on the images the model was
             rescore = rescorer(tracking_uri, registration["register_as"], info, ten_crop=evaluation["ten_crop"])
-    with ray_session():
+    with ray_session() if rescore is not None else contextlib.nullcontext():  # Ray only to re-score a champion
         published = publish(args.folder, tracking_uri, rescore=rescore, close_run=True)
     where = f"models:/{registration['register_as']}/{published.version}" if published.version else published.model_uri
     print(f"{where}: {published.alias or 'logged'}" + (f" ({published.decision})" if published.decision else "")
