@@ -50,36 +50,62 @@ def is_tracking_error(err: BaseException) -> bool:
     if isinstance(err, (MlflowException, OSError, TrackingUnavailable)):
         return True
     module = type(err).__module__ or ""
-    return module.startswith(("requests", "urllib3", "sqlalchemy", "sqlite3"))
+    return module.startswith(("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3"))
 
 
 def is_outage(err: BaseException) -> bool:
     """Worth retrying: the store did not answer or was busy, rather than refusing the request."""
+    return problem(err) == "outage"
+
+
+def problem(err: BaseException) -> str | None:
+    """What a user must fix about the store: "outage" (start it), "refused" (credentials),
+    "bad-uri" (another --tracking-uri), "cannot-open" (a store file's folder); None: not theirs."""
     if isinstance(err, TrackingUnavailable) and err.__cause__ is not None:
-        return is_outage(err.__cause__)
+        return problem(err.__cause__)
+    if not is_tracking_error(err):
+        return None
     text = str(err)
     code = getattr(err, "error_code", "")
-    return (code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
-            or isinstance(err, (ConnectionError, TimeoutError))
+    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or "error code 401" in text or "error code 403" in text:
+        return "refused"
+    if type(err).__name__.startswith("Unsupported") or "unsupported URI" in text or "Invalid URI" in text:
+        return "bad-uri"
+    if "unable to open database file" in text or (isinstance(err, OSError) and _inside_mlflow_store(err)
+                                                   and not isinstance(err, (ConnectionError, TimeoutError))):
+        return "cannot-open"
+    if (code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED") or isinstance(err, (ConnectionError, TimeoutError))
             or any(s in text for s in ("failed with exception", "Max retries exceeded", "Connection refused",
-                                       "Failed to establish", "timed out", "database is locked", "error code 50")))
+                                       "Failed to establish", "timed out", "database is locked", "error code 50"))):
+        return "outage"
+    return None
+
+
+def _inside_mlflow_store(err: BaseException) -> bool:
+    """Raised while MLflow opened or used a store (a file error there is the store's path, not a bug here)."""
+    tb = err.__traceback__
+    while tb is not None:
+        if f"{os.sep}mlflow{os.sep}store{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def explain(err: BaseException, tracking_uri: str) -> str:
     """What went wrong with the store at `tracking_uri`, and what to do about it, in one line."""
     where = redact("uri", tracking_uri)
-    code = getattr(err, "error_code", "")
     text = short(err)
-    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or "error code 401" in text or "error code 403" in text:
-        return (f"MLflow at {where} refused access ({code or text}); set MLFLOW_TRACKING_USERNAME and "
+    kind = problem(err)
+    if kind == "refused":
+        return (f"MLflow at {where} refused access ({text}); set MLFLOW_TRACKING_USERNAME and "
                 f"MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for a user allowed to write there")
-    if "registered" in text and ("store" in text.lower() or "scheme" in text.lower()) or "Invalid URI" in text:
-        return (f"--tracking-uri {where} is not a store MLflow can open ({text}); "
-                f"use sqlite:///ABSOLUTE/PATH.db or http(s)://HOST:PORT")
-    if "unable to open database file" in text or isinstance(err, PermissionError):
+    if kind == "bad-uri":
+        return (f"--tracking-uri {where} is not a store MLflow can open; use sqlite:///ABSOLUTE/PATH.db "
+                f"or http(s)://HOST:PORT")
+    if kind == "cannot-open":
         return (f"MLflow could not open the store {where} ({text}); check that its folder exists and is "
                 f"writable, or pass another --tracking-uri")
-    if is_outage(err):
+    if kind == "outage":
         return (f"MLflow at {where} did not answer ({text}); start the tracking server or pass "
                 f"another --tracking-uri")
     return f"MLflow at {where} failed: {text}"

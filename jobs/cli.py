@@ -63,14 +63,11 @@ def tracking_problem(err: Exception, args) -> str | None:
     """One line for a store the user must start, fix or get access to; None for anything else."""
     import os
 
-    from alexnet.tracking import explain, is_outage, is_tracking_error
+    from alexnet.tracking import explain, problem
 
-    if not is_tracking_error(err):
+    if problem(err) is None:
         return None
-    uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or "the tracking store"
-    message = explain(err, uri)
-    refused = getattr(err, "error_code", "") in ("PERMISSION_DENIED", "UNAUTHENTICATED")
-    return message if is_outage(err) or refused else None
+    return explain(err, getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or "the tracking store")
 
 
 if __name__ == "__main__":
