@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -110,6 +112,7 @@ def assert_tracked_run(uri: str, run_id: str, dataset, epochs: int, version: str
     import torch
 
     from alexnet.predict import load_model
+    from alexnet.provenance import git_commit
     from pipelines.dataset import open_dataset
 
     c = client(uri)
@@ -122,10 +125,17 @@ def assert_tracked_run(uri: str, run_id: str, dataset, epochs: int, version: str
     assert params["data.path"] == str(dataset) and params["cluster.gpus"] == "0"
     assert {"version.torch", "version.ray", "version.mlflow", "optim.lr", "data.crop"} <= set(params)
     assert run.data.tags["trigger"] == "manual" and run.data.tags["ray.run_name"] == run.info.run_name
+    # "trained on what, by which code": the dataset as the run's input, MLflow's source tags
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert (dataset_input.dataset.name, dataset_input.dataset.digest) == (Path(dataset).name, info.version)
+    assert json.loads(dataset_input.dataset.profile)["num_rows"] == info.num_images
+    assert run.data.tags["mlflow.source.name"] == "alexnet train" and run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert run.data.tags.get("mlflow.source.git.commit") == git_commit()
     for key in EPOCH_METRICS:
         assert sorted(m.step for m in c.get_metric_history(run_id, key)) == list(range(epochs)), key
     assert set(RUN_ARTIFACTS) <= _artifacts(c, run_id)
-    assert c.get_model_version("alexnet", version).run_id == run_id
+    mv = c.get_model_version("alexnet", version)
+    assert mv.run_id == run_id and mv.tags["eval.ten_crop"] == "false" and mv.tags["dataset_version"] == info.version
     model = load_model(f"models:/alexnet/{version}", uri)
     with torch.no_grad():
         logits = model(torch.from_numpy(np.zeros((3, 3, 64, 64), dtype=np.uint8)))
@@ -181,3 +191,12 @@ def test_sqlite_run_is_tracked_and_rerunning_its_name_continues_the_same_run(ray
     assert run.data.params["optim.epochs"] == "2"  # MLflow params are immutable: the first value stays
     for key in EPOCH_METRICS:
         assert sorted(m.step for m in c.get_metric_history(trained["run_id"], key)) == [0, 1, 2], key
+
+
+def test_source_tags_name_the_command_and_the_commit_a_submitted_job_was_given(monkeypatch):
+    from alexnet.run import source_tags
+
+    monkeypatch.setenv("ALEXNET_GIT_COMMIT", "0123abc")  # set by `alexnet submit`: the job's upload has no .git
+    assert source_tags("alexnet train", job=True) == {"mlflow.source.name": "alexnet train",
+                                                      "mlflow.source.type": "JOB", "mlflow.source.git.commit": "0123abc"}
+    assert source_tags("alexnet demo", job=False)["mlflow.source.type"] == "LOCAL"
