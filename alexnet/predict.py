@@ -41,7 +41,7 @@ def load_model(model_uri: str, tracking_uri: str | None = None, *, label: str | 
     import mlflow
 
     from alexnet.export import load
-    from alexnet.tracking import TrackingUnavailable, explain, is_outage, is_tracking_error, using_store
+    from alexnet.tracking import TrackingUnavailable, explain, is_outage, is_tracking_error, redact, using_store
 
     label = label or model_uri
     if Path(model_uri).is_dir():
@@ -57,14 +57,8 @@ def load_model(model_uri: str, tracking_uri: str | None = None, *, label: str | 
             if is_outage(err) or getattr(err, "error_code", "") in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
                 raise TrackingUnavailable(f"{label}: {explain(err, uri)}") from err
             text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"{label}: cannot load it from {redact_uri(uri)}: {text}") from None
+            raise UserError(f"{label}: cannot load it from {redact('uri', uri)}: {text}") from None
         return load(local, source=label)
-
-
-def redact_uri(uri: str) -> str:
-    from alexnet.tracking import redact
-
-    return redact("uri", uri)
 
 
 def geometry(model, crop: int | None = None, resize: int | None = None) -> tuple[int, int]:

@@ -36,10 +36,11 @@ class TrackingUnavailable(UserError):
     (the CLI prints it as one line naming what to fix)."""
 
 
-def short(err: BaseException) -> str:
-    """An exception as one line."""
+def short(err: BaseException, limit: int = 300) -> str:
+    """An exception as one line of at most about `limit` characters."""
     text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    line = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def is_tracking_error(err: BaseException) -> bool:
