@@ -109,9 +109,10 @@ def test_a_pickled_model_of_mlflow_pytorch_is_refused_unread(tmp_path, capsys):
 
     marker = tmp_path / "pwned"
     uri, c, run_id = store(tmp_path)
-    with using_store(uri):
+    with using_store(uri), mlflow.start_run(run_id=run_id):  # the run's experiment keeps its files in tmp_path
         logged = mlflow.pytorch.log_model(PayloadModule(marker), name="model", registered_model_name="alexnet",
                                           serialization_format="pickle", pip_requirements=["torch"])
+    with using_store(uri):
         c.set_registered_model_alias("alexnet", "champion", logged.registered_model_version)
         marker.unlink(missing_ok=True)
         with contextlib.suppress(Exception):  # the payload is live: MLflow's loader runs it (then fails on its None)
