@@ -1,10 +1,10 @@
 """A trained model into the registry, with nothing lost when the tracking store is down.
 
 `stage` first writes the model (alexnet.export's two files) and `registration.json`, what is
-left to do, into a local folder, atomically. `publish` then logs the model into its run,
-registers it as a new version and gives it its alias (alexnet.registry), each step retried
-through a short outage and noted in `registration.json` once done; when all are done the
-folder is removed. If the store stays down, the folder stays: `alexnet register FOLDER` calls
+left to do, into a local folder, atomically; the run's report (alexnet.report) goes beside them.
+`publish` then logs the model into its run, registers it as a new version, gives it its alias
+(alexnet.registry) and uploads the report, each step retried through a short outage and noted
+in `registration.json` once done; when all are done the folder is removed. If the store stays down, the folder stays: `alexnet register FOLDER` calls
 `publish` again later and carries on from the first step not done.
 """
 
@@ -27,6 +27,7 @@ from pipelines.errors import UserError
 REGISTRATION_FILE = "registration.json"
 MODEL_NAME = "model"  # the logged model's name in its run
 PENDING_TAG = "model.pending"  # run tag: where the model waits for `alexnet register`
+REPORT_DIR = "report"  # in a staged folder: the run's report artifacts (eval/, samples/), uploaded with the model
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def stage(classifier: Classifier, parent: str | os.PathLike, *, name: str, run_i
                     "dataset_path": dataset_path, "step": step,
                     # credentials stay out of files: a URI that carried them is given again to `alexnet register`
                     "tracking_uri": redact("uri", tracking_uri), "model_id": None, "model_uri": None,
-                    "version": None, "alias": None, "decision": None}
+                    "version": None, "alias": None, "decision": None, "report_logged": False}
     parent = Path(parent)
     folder, n = parent / name, 1
     while folder.exists():
@@ -90,7 +91,8 @@ def register_command(folder: Path, tracking_uri: str) -> str:
 
 def publish(folder: str | os.PathLike, tracking_uri: str,
             rescore: Callable[[str], tuple[float | None, str]] | None = None, *, close_run: bool = False) -> Published:
-    """Log, register and alias the staged model in `folder`; remove the folder when all is done.
+    """Log, register and alias the staged model in `folder`, upload the run's report staged with it;
+    remove the folder when all is done.
     close_run (`alexnet register`): also end the run an outage left RUNNING.
 
     A tracking store that stays down or refuses raises NotPublished (the folder stays); any other
@@ -118,6 +120,10 @@ def publish(folder: str | os.PathLike, tracking_uri: str,
                                                          evaluation, rescore=_once(rescore)),
                                     what=f"deciding {name} v{registration['version']}'s alias")
                 _note(folder, registration, alias=decision.alias, decision=decision.reason)
+            if (folder / REPORT_DIR).is_dir() and not registration.get("report_logged"):
+                retrying(lambda: client_for(tracking_uri).log_artifacts(run_id, str(folder / REPORT_DIR)),
+                         what="uploading the run's report")
+                _note(folder, registration, report_logged=True)
             if close_run:
                 retrying(lambda: _close_run(tracking_uri, run_id), what=f"closing MLflow run {run_id}")
     except Exception as err:

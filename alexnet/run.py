@@ -6,9 +6,9 @@
 
 The run is looked up by name first: re-running a run name that Ray resumes from its checkpoints
 continues the same MLflow run. Once training has succeeded, nothing the tracking store does
-loses the model or marks the run FAILED: report artifacts are best effort (a failure is one line
-and a `report.error` tag), and a model that cannot be registered waits in `model_dir` for
-`alexnet register`, which the error names. Ray is started by the caller (jobs/).
+loses the model, its report or marks the run FAILED: a model that cannot be registered waits in
+`model_dir`, with its report, for `alexnet register`, which the error names; a report that
+cannot be made is one line and a `report.error` tag. Ray is started by the caller (jobs/).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from alexnet.config import Config, flatten, to_yaml
 from alexnet.provenance import git_commit
-from alexnet.publish import PENDING_TAG, NotPublished, publish, stage
+from alexnet.publish import PENDING_TAG, REPORT_DIR, NotPublished, publish, stage
 from alexnet.registry import Evaluation
 from alexnet.tracking import (TrackingUnavailable, client_for, explain, is_local_store, is_tracking_error, log_dataset,
                               log_params, redact, set_tags, short, tracked_run)
@@ -124,8 +124,8 @@ def after_training(cfg: Config, info: DatasetInfo, outcome, *, tracking_uri: str
         if outcome.resumed_from_epoch is not None:
             _quietly(lambda: set_tags(tracking_uri, run_id, {"resumed_from_epoch": outcome.resumed_from_epoch}),
                      "the resumed_from_epoch tag", tracking_uri, run_id)
-        _quietly(lambda: report.log_report(client_for(tracking_uri), run_id, cfg, info, scores, labels, preds),
-                 "the val report", tracking_uri, run_id)
+        _quietly(lambda: report.write_report(folder / REPORT_DIR, cfg, info, scores, labels, preds),
+                 "the val report", tracking_uri, run_id)  # uploaded by publish, with the model
         published = publish(folder, tracking_uri, rescore=rescorer(tracking_uri, cfg.run.register_as, info,
                                                                      ten_crop=cfg.data.ten_crop_eval))
     except NotPublished as err:
