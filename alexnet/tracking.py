@@ -44,14 +44,11 @@ def short(err: BaseException, limit: int = 300) -> str:
 
 
 def is_tracking_error(err: BaseException) -> bool:
-    """Raised by MLflow's client or its transport (an outage, a refusal, a store error), as
-    opposed to a bug in this project, which keeps its traceback."""
+    """Raised by MLflow's client or through it (an outage, a refusal, a store error), as opposed
+    to a bug in this project, which keeps its traceback, or another service's error (Ray's)."""
     from mlflow.exceptions import MlflowException
 
-    if isinstance(err, (MlflowException, OSError, TrackingUnavailable)):
-        return True
-    module = type(err).__module__ or ""
-    return module.startswith(("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3"))
+    return isinstance(err, (MlflowException, TrackingUnavailable)) or _raised_in(err, f"{os.sep}mlflow{os.sep}")
 
 
 def is_outage(err: BaseException) -> bool:
@@ -72,8 +69,8 @@ def problem(err: BaseException) -> str | None:
         return "refused"
     if type(err).__name__.startswith("Unsupported") or "unsupported URI" in text or "Invalid URI" in text:
         return "bad-uri"
-    if "unable to open database file" in text or (isinstance(err, OSError) and _inside_mlflow_store(err)
-                                                   and not isinstance(err, (ConnectionError, TimeoutError))):
+    if "unable to open database file" in text or (isinstance(err, OSError) and not isinstance(
+            err, (ConnectionError, TimeoutError)) and _raised_in(err, f"{os.sep}mlflow{os.sep}store{os.sep}")):
         return "cannot-open"
     if (code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED") or isinstance(err, (ConnectionError, TimeoutError))
             or any(s in text for s in ("failed with exception", "Max retries exceeded", "Connection refused",
@@ -82,11 +79,12 @@ def problem(err: BaseException) -> str | None:
     return None
 
 
-def _inside_mlflow_store(err: BaseException) -> bool:
-    """Raised while MLflow opened or used a store (a file error there is the store's path, not a bug here)."""
+def _raised_in(err: BaseException, path_part: str) -> bool:
+    """Whether `err` passed through code whose file path contains `path_part` (e.g. MLflow's
+    store code: a file error there is the store's path, not a bug here)."""
     tb = err.__traceback__
     while tb is not None:
-        if f"{os.sep}mlflow{os.sep}store{os.sep}" in tb.tb_frame.f_code.co_filename:
+        if path_part in tb.tb_frame.f_code.co_filename:
             return True
         tb = tb.tb_next
     return False

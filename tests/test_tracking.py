@@ -200,3 +200,19 @@ def test_source_tags_name_the_command_and_the_commit_a_submitted_job_was_given(m
     assert source_tags("alexnet train", job=True) == {"mlflow.source.name": "alexnet train",
                                                       "mlflow.source.type": "JOB", "mlflow.source.git.commit": "0123abc"}
     assert source_tags("alexnet demo", job=False)["mlflow.source.type"] == "LOCAL"
+
+
+def test_only_errors_that_come_through_mlflow_are_blamed_on_the_tracking_store(monkeypatch):
+    """A Ray job server or any other service that does not answer is not "MLflow did not answer"."""
+    import requests
+
+    from alexnet.tracking import explain, problem
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(requests.ConnectionError) as elsewhere:
+        requests.get(f"http://127.0.0.1:{free_port()}", timeout=5)
+    assert problem(elsewhere.value) is None
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(Exception) as tracking:
+        client(uri).get_experiment_by_name("e")
+    assert problem(tracking.value) == "outage" and "start the tracking server" in explain(tracking.value, uri)
