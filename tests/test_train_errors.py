@@ -159,3 +159,12 @@ def test_a_diverged_run_is_one_line_naming_what_to_change(ray_local, shapes_data
     last = err.strip().splitlines()[-1]
     assert rc == 2 and last.startswith("alexnet train: error: training diverged: the training loss became NaN or inf"), err[-3000:]
     assert "lower optim.lr" in last and "Traceback" not in err
+
+
+def test_evaluate_logging_to_a_run_that_does_not_exist_is_refused_before_evaluating(shapes_dataset, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # an existing, empty store
+    capsys.readouterr()
+    assert main(["evaluate", "--data", str(shapes_dataset), "--log-to", "0123abc", "--workdir", str(tmp_path)]) == 2
+    assert "--log-to 0123abc: no such MLflow run" in _one_error_line(capsys)
