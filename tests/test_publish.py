@@ -32,7 +32,7 @@ def client(uri: str) -> MlflowClient:
 def fast_retries(monkeypatch):
     """An outage is found out in seconds, not the minute a real run rides out."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # a stopped server refuses at once
     monkeypatch.setattr(tracking, "RETRY_WAITS_S", (0.5,))
 
 
