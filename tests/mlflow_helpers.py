@@ -50,7 +50,11 @@ class MlflowServer:
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts"],
             stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        wait_http(self.uri + "/health", proc=self.proc)
+        try:
+            wait_http(self.uri + "/health", proc=self.proc)
+        except BaseException:
+            self.stop()  # a server that never answered is not left running
+            raise
         return self
 
     def stop(self) -> None:
