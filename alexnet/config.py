@@ -7,6 +7,7 @@ rejects unknown keys and bad values with a message that names the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,16 +98,45 @@ def _coerce(key: str, value, typ):
         if str(value).lower() in ("false", "0", "no", "off"):
             return False
         raise UserError(f"{key}={value!r}: expected true or false")
+    if typ in (int, float):
+        return _coerce_number(key, value, typ)
+    if typ is str:
+        return str(value).lower() if key in CHOICES else str(value)
     try:
-        if typ is float and isinstance(value, str):
-            return float(value)
-        if typ is int and isinstance(value, (str, float)) and float(value) == int(float(value)):
-            return int(float(value))
-        if typ is str:
-            return str(value).lower() if key in CHOICES else str(value)
         return typ(value) if not isinstance(value, typ) else value
     except (TypeError, ValueError):
         raise UserError(f"{key}={value!r}: expected {typ.__name__}") from None
+
+
+def _coerce_number(key: str, value, typ):
+    """A finite int or float: `inf`, `nan`, `1e400` and `true` are errors naming the key, never an
+    OverflowError or a run that sleeps forever; 3.0 is an int, 2.5 is not."""
+    expected = "an integer" if typ is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(f"{key}={value!r}: expected {expected}")
+    if isinstance(value, int):
+        return value if typ is int else _finite(key, value, expected)
+    if typ is int and isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass  # "3.0", "1e3": read as a float below
+    number = _finite(key, value, expected)
+    if typ is int:
+        if not number.is_integer():
+            raise UserError(f"{key}={value!r}: expected an integer")
+        return int(number)
+    return number
+
+
+def _finite(key: str, value, expected: str) -> float:
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise UserError(f"{key}={value!r}: expected {expected}") from None
+    if not math.isfinite(number):
+        raise UserError(f"{key}={value!r}: expected a finite {expected.split()[-1]}")
+    return number
 
 
 def from_dict(raw: dict, source: str = "config") -> Config:

@@ -32,22 +32,34 @@ class Scores:
     top5: float
 
 
-def load_model(model_uri: str, tracking_uri: str | None = None):
-    """An MLflow model URI (models:/alexnet@champion, runs:/ID/model, a path) -> Classifier on CPU."""
+def load_model(model_uri: str, tracking_uri: str | None = None, *, label: str | None = None):
+    """An MLflow model URI (models:/alexnet@champion, models:/m-ID, runs:/ID/model) or a model
+    folder -> Classifier on CPU, in eval mode. Only `alexnet.json` and `weights.pt` are read (the
+    weights with weights_only=True): whatever else a model version carries, a pickle or code, is
+    never run here. `label` names the model in errors (default: the URI)."""
+    import tempfile
+
     import mlflow
 
-    from alexnet.tracking import using_store
+    from alexnet.export import load
+    from alexnet.tracking import TrackingUnavailable, explain, is_outage, is_tracking_error, redact, using_store
 
-    try:
-        with using_store(tracking_uri):
-            model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    except Exception as err:  # MLflow raises several types for a missing model/alias/run
-        text = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"--model {model_uri}: cannot load it from {tracking_uri or mlflow.get_tracking_uri()}: "
-                        f"{text}") from None
-    if not hasattr(model, "classes"):
-        raise UserError(f"--model {model_uri}: not an alexnet Classifier (logged by `alexnet train`)")
-    return model.eval()
+    label = label or model_uri
+    if Path(model_uri).is_dir():
+        return load(model_uri, source=label)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with using_store(tracking_uri):
+                local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        except Exception as err:  # MLflow raises several types for a missing model, alias or run
+            if not is_tracking_error(err):
+                raise
+            uri = tracking_uri or mlflow.get_tracking_uri()
+            if is_outage(err) or getattr(err, "error_code", "") in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+                raise TrackingUnavailable(f"{label}: {explain(err, uri)}") from err
+            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"{label}: cannot load it from {redact('uri', uri)}: {text}") from None
+        return load(local, source=label)
 
 
 def geometry(model, crop: int | None = None, resize: int | None = None) -> tuple[int, int]:
@@ -88,7 +100,10 @@ class Predictor:
         import ray
         import torch
 
-        model = ray.get(model_ref[0])  # wrapped in a list so Ray does not resolve it on the driver
+        from alexnet.export import build
+
+        spec, weights = ray.get(model_ref[0])  # wrapped in a list so Ray does not resolve it on the driver
+        model = build(spec, weights)  # rebuilt from its spec and tensors, like every model this project loads
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.classes = list(model.classes)
@@ -138,7 +153,7 @@ def predict_dataset(ds, model, *, top_k: int = 5, batch_size: int = 64, concurre
     """A Ray dataset of uint8 crops (image, label, id, source) -> a Ray dataset of predictions."""
     import ray
 
-    ref = ray.put(model.cpu())
+    ref = ray.put((model.spec, {k: v.detach().cpu() for k, v in model.net.state_dict().items()}))
     return ds.map_batches(Predictor, fn_constructor_kwargs={"model_ref": [ref], "top_k": top_k},
                           batch_size=batch_size, batch_format="numpy", **_pool_args(concurrency))
 

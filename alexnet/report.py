@@ -1,13 +1,16 @@
 """Pictures and tables of a run for MLflow: confusion matrix, per-class accuracy, a sample grid.
 
-Pure functions of arrays (numpy in, files out); computing the predictions is predict.py's job.
+Pure functions of arrays (numpy in, files out), and `write_report`, which lays them out as the
+run's artifacts (alexnet.publish uploads them); computing the predictions is predict.py's job.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +87,37 @@ def sample_grid(images: np.ndarray, labels: list[int], classes: list[str], path:
         draw.text((x + 2, y + h * scale + 1), classes[int(labels[k])][:cell_w // 6], fill="black")
     grid.save(path, format="PNG")
     return Path(path)
+
+
+SAMPLE_GRID_IMAGES = 32  # augmented training crops shown in samples/train_augmented.png
+
+
+def write_report(directory: str | Path, cfg, info, scores, labels: np.ndarray, preds: np.ndarray) -> Path:
+    """The run's report as files under `directory`, laid out as its MLflow artifacts:
+    eval/confusion_matrix.png, eval/per_class_accuracy.csv and eval/val_scores.json for the val
+    split (`scores`, `labels`, `preds` from alexnet.predict.evaluate), samples/train_augmented.png.
+    Written to a temporary sibling first: `directory` is complete or absent."""
+    import os
+    import shutil
+
+    from pipelines.loader import train_dataset
+
+    directory = Path(directory)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        (tmp / "eval").mkdir()
+        (tmp / "samples").mkdir()
+        cm = confusion_matrix(labels, preds, info.num_classes)
+        confusion_png(cm, info.classes, tmp / "eval" / "confusion_matrix.png")
+        (tmp / "eval" / "per_class_accuracy.csv").write_text(rows_to_csv(per_class_rows(cm, info.classes)))
+        (tmp / "eval" / "val_scores.json").write_text(json.dumps(
+            {"top1": scores.top1, "top5": scores.top5, "images": scores.images, "ten_crop": cfg.data.ten_crop_eval,
+             "dataset_version": info.version, "confusion_matrix": cm.tolist(), "classes": info.classes}, indent=2))
+        sample = train_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting, flip=cfg.data.flip,
+                               seed=None, random_resized_crop=cfg.data.random_resized_crop).take(SAMPLE_GRID_IMAGES)
+        sample_grid(np.stack([np.asarray(r["image"], dtype=np.uint8) for r in sample]), [r["label"] for r in sample],
+                    info.classes, tmp / "samples" / "train_augmented.png")
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory

@@ -26,9 +26,100 @@ URI_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 LOCAL_STORE_SCHEMES = ("sqlite:", "file:")
 
 
+# Waits between the attempts of a driver-side call that must land (the final model upload,
+# registration, the run's status): about a minute of outage is ridden out.
+RETRY_WAITS_S = (5.0, 15.0, 40.0)
+
+
 class TrackingUnavailable(UserError):
-    """The tracking store did not answer a driver-side call that cannot be skipped (the CLI
-    prints it as one line: start the server or fix --tracking-uri)."""
+    """The tracking store did not answer, or refused, a driver-side call that cannot be skipped
+    (the CLI prints it as one line naming what to fix)."""
+
+
+def short(err: BaseException, limit: int = 300) -> str:
+    """An exception as one line of at most about `limit` characters."""
+    text = str(err).strip()
+    line = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def is_tracking_error(err: BaseException) -> bool:
+    """Raised by MLflow's client or through it (an outage, a refusal, a store error), as opposed
+    to a bug in this project, which keeps its traceback, or another service's error (Ray's)."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, (MlflowException, TrackingUnavailable)) or _raised_in(err, f"{os.sep}mlflow{os.sep}")
+
+
+def is_outage(err: BaseException) -> bool:
+    """Worth retrying: the store did not answer or was busy, rather than refusing the request."""
+    return problem(err) == "outage"
+
+
+def problem(err: BaseException) -> str | None:
+    """What a user must fix about the store: "outage" (start it), "refused" (credentials),
+    "bad-uri" (another --tracking-uri), "cannot-open" (a store file's folder); None: not theirs."""
+    if isinstance(err, TrackingUnavailable) and err.__cause__ is not None:
+        return problem(err.__cause__)
+    if not is_tracking_error(err):
+        return None
+    text = str(err)
+    code = getattr(err, "error_code", "")
+    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or "error code 401" in text or "error code 403" in text:
+        return "refused"
+    if type(err).__name__.startswith("Unsupported") or "unsupported URI" in text or "Invalid URI" in text:
+        return "bad-uri"
+    if "unable to open database file" in text or (isinstance(err, OSError) and not isinstance(
+            err, (ConnectionError, TimeoutError)) and _raised_in(err, f"{os.sep}mlflow{os.sep}store{os.sep}")):
+        return "cannot-open"
+    if (code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED") or isinstance(err, (ConnectionError, TimeoutError))
+            or any(s in text for s in ("failed with exception", "Max retries exceeded", "Connection refused",
+                                       "Failed to establish", "timed out", "database is locked", "error code 50"))):
+        return "outage"
+    return None
+
+
+def _raised_in(err: BaseException, path_part: str) -> bool:
+    """Whether `err` passed through code whose file path contains `path_part` (e.g. MLflow's
+    store code: a file error there is the store's path, not a bug here)."""
+    tb = err.__traceback__
+    while tb is not None:
+        if path_part in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def explain(err: BaseException, tracking_uri: str) -> str:
+    """What went wrong with the store at `tracking_uri`, and what to do about it, in one line."""
+    where = redact("uri", tracking_uri)
+    text = short(err)
+    kind = problem(err)
+    if kind == "refused":
+        return (f"MLflow at {where} refused access ({text}); set MLFLOW_TRACKING_USERNAME and "
+                f"MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for a user allowed to write there")
+    if kind == "bad-uri":
+        return (f"--tracking-uri {where} is not a store MLflow can open; use sqlite:///ABSOLUTE/PATH.db "
+                f"or http(s)://HOST:PORT")
+    if kind == "cannot-open":
+        return (f"MLflow could not open the store {where} ({text}); check that its folder exists and is "
+                f"writable, or pass another --tracking-uri")
+    if kind == "outage":
+        return (f"MLflow at {where} did not answer ({text}); start the tracking server or pass "
+                f"another --tracking-uri")
+    return f"MLflow at {where} failed: {text}"
+
+
+def retrying(call, *, what: str):
+    """`call()`, retried through a short outage (RETRY_WAITS_S); a refusal or a bug is not retried."""
+    for wait in (*RETRY_WAITS_S, None):
+        try:
+            return call()
+        except Exception as err:
+            if wait is None or not is_outage(err):
+                raise
+            print(f"[tracking] {what}: {short(err)}; retrying in {wait:g} s", file=sys.stderr, flush=True)
+            time.sleep(wait)
 
 
 def client_for(tracking_uri: str) -> MlflowClient:
@@ -83,8 +174,8 @@ def find_run(client: MlflowClient, experiment_id: str, run_name: str):
 def open_run(tracking_uri: str, *, experiment: str, run_name: str, tags: dict | None = None,
              artifact_location: str | None = None) -> tuple[str, bool]:
     """(run id, resumed): reuse the experiment's run of this name, else create one."""
-    client = client_for(tracking_uri)
     try:
+        client = client_for(tracking_uri)
         exp_id = get_or_create_experiment(client, experiment, artifact_location)
         existing = find_run(client, exp_id, run_name)
         if existing is not None:
@@ -96,24 +187,23 @@ def open_run(tracking_uri: str, *, experiment: str, run_name: str, tags: dict | 
         safe = {k: redact(k, v) for k, v in (tags or {}).items()}
         return client.create_run(exp_id, run_name=run_name, tags=safe).info.run_id, False
     except Exception as err:
-        raise TrackingUnavailable(f"MLflow at {redact('uri', tracking_uri)} did not answer "
-                                  f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                                  f"start the tracking server or pass another --tracking-uri") from err
+        if not is_tracking_error(err):
+            raise
+        raise TrackingUnavailable(explain(err, tracking_uri)) from err
 
 
-def finish_run(tracking_uri: str, run_id: str, status: str, *, attempts: int = 5, wait_s: float = 3.0) -> bool:
+def finish_run(tracking_uri: str, run_id: str, status: str, *, retry: bool = True) -> bool:
     """Set the final status, retrying through a short outage; say so clearly if it never lands."""
-    client = client_for(tracking_uri)
-    for attempt in range(attempts):
-        try:
-            client.set_terminated(run_id, status)
-            return True
-        except Exception as err:
-            last = err
-            time.sleep(wait_s * (attempt + 1))
-    print(f"[tracking] could not mark MLflow run {run_id} {status} ({type(last).__name__}: {last}); "
-          f"it shows RUNNING until set by hand", file=sys.stderr)
-    return False
+    try:
+        call = lambda: client_for(tracking_uri).set_terminated(run_id, status)  # noqa: E731
+        retrying(call, what=f"marking MLflow run {run_id} {status}") if retry else call()
+        return True
+    except Exception as err:
+        if not is_tracking_error(err):
+            raise
+        print(f"[tracking] could not mark MLflow run {run_id} {status} ({short(err)}); "
+              f"it shows RUNNING until set by hand", file=sys.stderr)
+        return False
 
 
 @contextmanager
@@ -152,7 +242,7 @@ def tracked_run(tracking_uri: str, *, experiment: str, run_name: str, tags: dict
     try:
         yield run_id
     except KeyboardInterrupt:
-        finish_run(tracking_uri, run_id, "KILLED", attempts=1)
+        finish_run(tracking_uri, run_id, "KILLED", retry=False)
         raise
     except BaseException:
         finish_run(tracking_uri, run_id, "FAILED")
@@ -178,6 +268,35 @@ def log_params(tracking_uri: str, run_id: str, params: dict) -> list[str]:
 def set_tags(tracking_uri: str, run_id: str, tags: dict) -> None:
     items = [RunTag(k, redact(k, v)) for k, v in tags.items()]
     client_for(tracking_uri).log_batch(run_id, tags=items)
+
+
+def log_dataset(tracking_uri: str, run_id: str, info) -> None:
+    """The Parquet dataset as the run's input (MLflow dataset tracking): its folder name, its
+    version as the digest, where it lives, the shards' column schema and the images per split."""
+    import json
+    import warnings
+    from pathlib import PurePath
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types import ColSpec, Schema
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from pipelines.dataset import SCHEMA
+
+    types = {"string": "string", "binary": "binary", "int32": "integer", "int64": "long", "float": "float",
+             "double": "double", "bool": "boolean"}
+    schema = Schema([ColSpec(types[str(f.type)], f.name) for f in SCHEMA])
+    with warnings.catch_warnings():  # MLflow registers its local source twice and warns about it
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(info.path)
+    meta = MetaDataset(source, name=PurePath(info.path.rstrip("/")).name, digest=info.version, schema=schema).to_dict()
+    profile = {"num_rows": info.num_images, "num_classes": info.num_classes,
+               "splits": {split: info.split_size(split) for split in sorted(info.counts)}}
+    dataset = Dataset(name=meta["name"], digest=meta["digest"], source_type=meta["source_type"],
+                      source=meta["source"], schema=meta["schema"], profile=json.dumps(profile))
+    client_for(tracking_uri).log_inputs(run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
 
 
 class MetricLogger:

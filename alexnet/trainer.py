@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from alexnet import ARCHITECTURES, build_model, checkpoint
+from alexnet import ARCHITECTURES, checkpoint
 from alexnet.config import Config
 from pipelines.dataset import DatasetInfo, open_dataset
 from pipelines.errors import UserError
@@ -21,7 +21,12 @@ DATA_CPU_SHARE = 0.5
 
 
 class TrainingError(RuntimeError):
-    """The run itself failed (not the input): e.g. the loss diverged."""
+    """The run itself failed, not its input: e.g. a worker raised an unexpected error (a bug,
+    which keeps its traceback)."""
+
+
+class TrainingDiverged(TrainingError, UserError):
+    """The loss became NaN or inf: settings to change, not a bug (one line, exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,7 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
     try:
         result = _fit_interruptibly(trainer)
     except TrainingFailedError as err:
-        raise TrainingError(_root_message(err)) from err
+        raise _training_error(err) from err
     return _outcome(result, run_name, str(storage), resume)
 
 
@@ -224,12 +229,24 @@ def _fit_interruptibly(trainer):
     return box["result"]
 
 
+DIVERGED = "training diverged: "
+
+
+def _training_error(err: BaseException) -> TrainingError:
+    """Ray wraps the worker's exception: a diverged loss becomes the one line a user acts on."""
+    message = _root_message(err)
+    if message.startswith(DIVERGED):
+        return TrainingDiverged(f"{message}; lower optim.lr or warm up with optim.warmup_epochs, then run again "
+                                f"(the checkpoints before it are intact)")
+    return TrainingError(message)
+
+
 def _root_message(err: BaseException) -> str:
-    """Ray wraps the worker's exception; surface the innermost message a user can act on."""
+    """The innermost message of a Ray-wrapped worker exception."""
     text = str(err)
     for marker in ("NonFiniteLoss: ",):
         if marker in text:
-            return "training diverged: " + text.split(marker, 1)[1].splitlines()[0]
+            return DIVERGED + text.split(marker, 1)[1].splitlines()[0]
     return text.strip().splitlines()[-1] if text.strip() else type(err).__name__
 
 
@@ -251,12 +268,13 @@ def _outcome(result, run_name: str, storage: str, resume: tuple[str, int] | None
 
 
 def load_classifier(checkpoint_dir: str, info: DatasetInfo):
-    """A checkpoint -> the servable model (uint8 in, logits out) on CPU, in eval mode."""
+    """A checkpoint -> the servable model (uint8 in, logits out) on CPU, in eval mode: the network
+    with the dataset's normalisation and classes and the run's val crop and resize."""
     from alexnet.config import from_dict
-    from alexnet.export import Classifier
+    from alexnet.export import ModelSpec, build
 
     state = checkpoint.load(checkpoint_dir)
     cfg = from_dict(state["config"])
-    net = build_model(cfg.model.arch, info.num_classes, dropout=cfg.model.dropout, hidden=cfg.model.hidden)
-    net.load_state_dict(state["model"])
-    return Classifier(net, info.pixel_mean, info.pixel_std, info.classes).eval(), cfg
+    spec = ModelSpec(arch=cfg.model.arch, hidden=cfg.model.hidden, classes=tuple(info.classes),
+                     mean=tuple(info.pixel_mean), std=tuple(info.pixel_std), crop=cfg.data.crop, resize=cfg.data.resize)
+    return build(spec, state["model"]), cfg

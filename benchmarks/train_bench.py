@@ -37,10 +37,10 @@ def plain_loop(cfg, info, epochs: int) -> float:
     from alexnet.worker import make_optimizer
     from pipelines.augment import TrainPreset, apply_preset
 
-    table = pq.read_table(info.shard_paths("train"), columns=["id", "image", "label"]).to_pydict()
-    preset = TrainPreset(crop=cfg.data.crop, eigval=tuple(info.pca_eigval), eigvec=tuple(map(tuple, info.pca_eigvec)),
+    table = pq.read_table(info.shard_paths("train"), columns=["id", "image", "label", "height", "width"]).to_pydict()
+    preset = TrainPreset(crop=cfg.data.crop, resize=cfg.data.resize, eigval=tuple(info.pca_eigval), eigvec=tuple(map(tuple, info.pca_eigvec)),
                          pca_std=cfg.data.pca_lighting, flip=cfg.data.flip)
-    batch = apply_preset({k: np.asarray(v, dtype=object) if k != "label" else np.asarray(v) for k, v in table.items()},
+    batch = apply_preset({k: np.asarray(v, dtype=object) if k in ("id", "image") else np.asarray(v) for k, v in table.items()},
                          preset=preset, seed=cfg.data.seed)
     images, labels = torch.from_numpy(batch["image"]), torch.from_numpy(batch["label"])
     torch.manual_seed(0)

@@ -2,7 +2,9 @@
 
 Each module in COMMANDS has `add_parser(subparsers)`, which adds its parser and sets
 `func=run`, where `run(args) -> int` is the exit code. A `UserError` anywhere below becomes
-one line on stderr and exit code 2; Ctrl-C exits 130 after the command's own cleanup ran.
+one line on stderr and exit code 2, and so does a tracking store that does not answer, refuses
+access or cannot be opened; Ctrl-C exits 130 after the command's own cleanup ran. Anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ COMMANDS = (
     "jobs.commands.predict",
     "jobs.commands.evaluate",
     "jobs.commands.promote",
+    "jobs.commands.register",
     "jobs.commands.ui",
     "jobs.commands.submit", "jobs.commands.jobs", "jobs.commands.schedule",
 )
@@ -45,9 +48,26 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        message = tracking_problem(err, args)
+        if message is None:
+            raise
+        print(f"alexnet {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def tracking_problem(err: Exception, args) -> str | None:
+    """One line for a store the user must start, fix or get access to; None for anything else."""
+    import os
+
+    from alexnet.tracking import explain, problem
+
+    if problem(err) is None:
+        return None
+    return explain(err, getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or "the tracking store")
 
 
 if __name__ == "__main__":

@@ -5,33 +5,158 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alexnet.registry import CHALLENGER, CHAMPION, decide
-from tests.mlflow_helpers import train_args, train_cli, trained_sqlite
+from alexnet.registry import CHALLENGER, CHAMPION, Champion, Evaluation, decide
+from tests.mlflow_helpers import MlflowServer, train_args, train_cli, trained_sqlite
+
+CENTRE_V1 = dict(dataset_version="v1", ten_crop=False)
 
 
 def test_first_version_becomes_champion():
-    d = decide(0.3, "v1", None)
+    d = decide(Evaluation("v1", False, 0.3), None)
     assert d.alias == CHAMPION and "no champion" in d.reason
 
 
 @pytest.mark.parametrize("new, old, alias", [(0.6, 0.5, CHAMPION), (0.5, 0.5, CHALLENGER), (0.4, 0.5, CHALLENGER)])
-def test_same_dataset_version_compares_recorded_top1(new, old, alias):
-    d = decide(new, "v1", {"version": "3", "val_top1": old, "dataset_version": "v1"})
+def test_the_same_evaluation_compares_recorded_top1(new, old, alias):
+    d = decide(Evaluation(top1=new, **CENTRE_V1), Champion("3", Evaluation(top1=old, **CENTRE_V1)))
     assert d.alias == alias
     assert d.champion_version == "3" and d.champion_top1 == old
-    assert f"{new:.4f}" in d.reason and f"{old:.4f}" in d.reason and "same dataset version" in d.reason
+    assert f"{new:.4f}" in d.reason and f"{old:.4f}" in d.reason and "same evaluation" in d.reason
 
 
-def test_other_dataset_version_uses_the_rescored_champion_not_its_old_number():
-    champion = {"version": "2", "val_top1": 0.9, "dataset_version": "old"}
-    d = decide(0.6, "new", champion, rescored_top1=0.5)
+@pytest.mark.parametrize("theirs", [Evaluation("old", False, 0.9), Evaluation("v1", True, 0.9), None],
+                         ids=["other-dataset-version", "ten-crop-vs-centre-crop", "unknown-evaluation"])
+def test_another_evaluation_uses_the_rescored_champion_not_its_own_number(theirs):
+    champion = Champion("2", theirs)
+    d = decide(Evaluation(top1=0.6, **CENTRE_V1), champion, rescored_top1=0.5)
     assert d.alias == CHAMPION and d.champion_top1 == 0.5 and "re-scored" in d.reason
-    assert decide(0.4, "new", champion, rescored_top1=0.5).alias == CHALLENGER
+    assert decide(Evaluation(top1=0.4, **CENTRE_V1), champion, rescored_top1=0.5).alias == CHALLENGER
+    d = decide(Evaluation(top1=0.99, **CENTRE_V1), champion, rescored_top1=None, why_not="its classes differ")
+    assert d.alias == CHALLENGER and "could not be re-scored" in d.reason and "its classes differ" in d.reason
+    assert "alexnet promote" in d.reason
 
 
-def test_other_dataset_version_without_rescore_is_challenger():
-    d = decide(0.99, "new", {"version": "2", "val_top1": 0.1, "dataset_version": "old"}, rescored_top1=None)
-    assert d.alias == CHALLENGER and "could not be re-scored" in d.reason and "alexnet promote" in d.reason
+def test_evaluations_round_trip_through_version_tags():
+    e = Evaluation("v1", True, 0.1 + 0.2, 0.9, 30)
+    assert Evaluation.from_tags(e.tags()) == e  # exact: ties stay ties
+    assert Evaluation.from_tags({"val_top1": "0.5", "dataset_version": "v1"}) is None  # recorded before eval.*
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def _new_versions(uri: str, name: str, n: int) -> list[str]:
+    """n registered versions of `name` without aliases (logged models of one run; no files needed)."""
+    from alexnet.registry import ensure_version
+    from alexnet.tracking import using_store
+
+    c = _client(uri)
+    exp = c.create_experiment(f"{name}-exp")
+    run_id = c.create_run(exp).info.run_id
+    with using_store(uri):  # the registry looks models:/m-ID up in the process's tracking store
+        return [ensure_version(c, name, f"models:/{c.create_logged_model(exp, 'model', run_id).model_id}", run_id)
+                for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def http_store(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("registry-server")).start()
+    yield server.uri
+    server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "http"])
+def test_two_registrations_racing_never_both_beat_the_same_champion(kind, tmp_path, request):
+    """Two runs finish together; both re-score the old champion (on another dataset version) before
+    either moves the alias (a barrier holds them there). The second to move it must compare with
+    the first, not with the champion both started from, and the better one ends champion."""
+    import threading
+
+    from alexnet.registry import assign_alias, current_champion
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if kind == "sqlite" else request.getfixturevalue("http_store")
+    old, a, b = _new_versions(uri, "race", 3)
+    assign_alias(_client(uri), "race", old, Evaluation("old", False, 0.9))
+    barrier = threading.Barrier(2, timeout=120)
+
+    def rescore(version):
+        barrier.wait()  # both have read the champion and are comparing with it
+        return 0.5, ""
+
+    decisions, errors = {}, []
+
+    def register(version, top1):
+        try:
+            decisions[version] = assign_alias(_client(uri), "race", version, Evaluation("new", False, top1),
+                                              rescore=rescore)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=register, args=(a, 0.6)), threading.Thread(target=register, args=(b, 0.7))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    assert current_champion(_client(uri), "race").version == b  # the better one, whoever finished first
+    compared = {decisions[a].champion_version, decisions[b].champion_version}
+    assert compared != {old}, "both were compared with the old champion: the alias move was not serialised"
+    first = a if decisions[b].champion_version == a else b
+    assert decisions[first].champion_version == old and decisions[first].alias == CHAMPION
+    assert not any(m.name.endswith(".alias-lock") for m in _client(uri).search_registered_models())  # released
+
+
+def test_a_held_alias_lock_waits_then_fails_clearly_and_a_stale_one_is_broken(tmp_path, monkeypatch):
+    from alexnet import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = _client(uri)
+    c.create_registered_model("m.alias-lock", tags={"owner": "host:1:killed"})
+    monkeypatch.setattr(registry, "LOCK_WAIT_S", 1.0)
+    with pytest.raises(registry.RegistryBusy, match=r"m\.alias-lock is held by host:1:killed"):
+        with registry.alias_lock(c, "m"):
+            pass
+    monkeypatch.setattr(registry, "LOCK_STALE_S", 0.0)  # as if it were held for longer than any alias move takes
+    with registry.alias_lock(c, "m"):
+        assert c.get_registered_model("m.alias-lock").tags["owner"] != "host:1:killed"
+    assert not c.search_registered_models("name = 'm.alias-lock'")
+
+
+@pytest.mark.slow
+def test_a_ten_crop_version_re_scores_a_centre_crop_champion_ten_crop(ray_local, shapes_dataset, tmp_path):
+    """Same dataset version, different evaluation: the champion's recorded centre-crop number is not
+    compared with a 10-crop one; the champion is re-scored 10-crop, by the same function."""
+    import torch
+
+    from alexnet import publish as pub
+    from alexnet.export import ModelSpec, build
+    from alexnet.predict import evaluate, load_model
+    from alexnet.run import rescorer
+    from pipelines.dataset import open_dataset
+
+    info = open_dataset(shapes_dataset)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = _client(uri)
+    run_id = c.create_run(c.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())).info.run_id
+    spec = ModelSpec("torchvision", 16, tuple(info.classes), tuple(info.pixel_mean), tuple(info.pixel_std), 64, 72)
+
+    def publish(evaluation, rescore=None):
+        torch.manual_seed(len(c.search_model_versions("name='alexnet'")))
+        folder = pub.stage(build(spec), tmp_path / "models", name="r", run_id=run_id, register_as="alexnet",
+                           evaluation=evaluation, dataset_path=str(shapes_dataset), tracking_uri=uri, step=0)
+        return pub.publish(folder, uri, rescore=rescore)
+
+    publish(Evaluation(info.version, False, 0.99))  # champion, recorded centre-crop
+    new = publish(Evaluation(info.version, True, 0.5), rescore=rescorer(uri, "alexnet", info, ten_crop=True))
+    expected = evaluate(load_model("models:/alexnet/1", uri), info, ten_crop=True)[0].top1
+    mv = c.get_model_version("alexnet", new.version)
+    assert float(mv.tags["decision.champion_val_top1"]) == expected  # not 0.99
+    assert "re-scored with this version's evaluation (10-crop" in mv.tags["decision.reason"]
+    assert new.alias == (CHAMPION if 0.5 > expected else CHALLENGER)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +192,8 @@ def test_worse_version_gets_challenger_and_promote_moves_champion(trained, capsy
     champion = client.get_model_version_by_alias("alexnet", CHAMPION)
     with using_store(trained["uri"]):
         worse = str(mlflow.register_model(f"models:/alexnet/{champion.version}", "alexnet").version)
-    d = assign_alias(client, "alexnet", worse, val_top1=float(champion.tags["val_top1"]) - 0.01,
-                     dataset_version=champion.tags["dataset_version"])
+    theirs = Evaluation.from_tags(champion.tags)
+    d = assign_alias(client, "alexnet", worse, Evaluation(theirs.dataset_version, theirs.ten_crop, theirs.top1 - 0.01))
     assert d.alias == CHALLENGER
     assert str(client.get_model_version_by_alias("alexnet", CHAMPION).version) == str(champion.version)
     mv = client.get_model_version_by_alias("alexnet", CHALLENGER)

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from alexnet.tracking import MAX_PARAM_LENGTH, MetricLogger, flatten_params, is_local_store, redact, tracked_run
-from jobs.training import check_tracking_store
+from alexnet.run import check_tracking_store
 from pipelines.errors import UserError
 from tests.mlflow_helpers import MlflowServer, free_port, train_args, train_cli, trained_sqlite
 
@@ -68,7 +70,8 @@ def test_unreachable_tracking_server_fails_clearly_before_training(monkeypatch):
 @pytest.mark.slow
 def test_metrics_survive_a_server_outage_and_are_backfilled(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # what jobs.runtime sets, stricter
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    # A stopped server refuses at once; the timeout only bounds a restarted server's first, slow answers.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     server = MlflowServer(tmp_path / "server").start()
     try:
         c = client(server.uri)
@@ -110,6 +113,7 @@ def assert_tracked_run(uri: str, run_id: str, dataset, epochs: int, version: str
     import torch
 
     from alexnet.predict import load_model
+    from alexnet.provenance import git_commit
     from pipelines.dataset import open_dataset
 
     c = client(uri)
@@ -122,10 +126,17 @@ def assert_tracked_run(uri: str, run_id: str, dataset, epochs: int, version: str
     assert params["data.path"] == str(dataset) and params["cluster.gpus"] == "0"
     assert {"version.torch", "version.ray", "version.mlflow", "optim.lr", "data.crop"} <= set(params)
     assert run.data.tags["trigger"] == "manual" and run.data.tags["ray.run_name"] == run.info.run_name
+    # "trained on what, by which code": the dataset as the run's input, MLflow's source tags
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert (dataset_input.dataset.name, dataset_input.dataset.digest) == (Path(dataset).name, info.version)
+    assert json.loads(dataset_input.dataset.profile)["num_rows"] == info.num_images
+    assert run.data.tags["mlflow.source.name"] == "alexnet train" and run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert run.data.tags.get("mlflow.source.git.commit") == git_commit()
     for key in EPOCH_METRICS:
         assert sorted(m.step for m in c.get_metric_history(run_id, key)) == list(range(epochs)), key
     assert set(RUN_ARTIFACTS) <= _artifacts(c, run_id)
-    assert c.get_model_version("alexnet", version).run_id == run_id
+    mv = c.get_model_version("alexnet", version)
+    assert mv.run_id == run_id and mv.tags["eval.ten_crop"] == "false" and mv.tags["dataset_version"] == info.version
     model = load_model(f"models:/alexnet/{version}", uri)
     with torch.no_grad():
         logits = model(torch.from_numpy(np.zeros((3, 3, 64, 64), dtype=np.uint8)))
@@ -143,14 +154,14 @@ def test_training_run_tracked_on_a_real_mlflow_server(ray_local, shapes_dataset,
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from alexnet.config import load_config
     from alexnet.predict import load_model
-    from jobs.training import run_training
+    from alexnet.run import run_training
 
     server = MlflowServer(tmp_path / "server").start()
     try:
         cfg = load_config("smoke", [f"data.path={shapes_dataset}", "optim.epochs=1", "optim.batch_size=16",
                                     "run.system_metrics=true", "run.system_metrics_interval=1"])
         report = run_training(cfg, tracking_uri=server.uri, storage=str(tmp_path / "runs"), run_name="http-run",
-                              tags={"token": "s3cr3t"})
+                              model_dir=tmp_path / "models", tags={"token": "s3cr3t"})
         assert report.alias == "champion" and report.registered == "models:/alexnet/1"
         assert_tracked_run(server.uri, report.run_id, shapes_dataset, epochs=1, version="1")
         assert str(client(server.uri).get_model_version_by_alias("alexnet", "champion").version) == "1"
@@ -181,3 +192,28 @@ def test_sqlite_run_is_tracked_and_rerunning_its_name_continues_the_same_run(ray
     assert run.data.params["optim.epochs"] == "2"  # MLflow params are immutable: the first value stays
     for key in EPOCH_METRICS:
         assert sorted(m.step for m in c.get_metric_history(trained["run_id"], key)) == [0, 1, 2], key
+
+
+def test_source_tags_name_the_command_and_the_commit_a_submitted_job_was_given(monkeypatch):
+    from alexnet.run import source_tags
+
+    monkeypatch.setenv("ALEXNET_GIT_COMMIT", "0123abc")  # set by `alexnet submit`: the job's upload has no .git
+    assert source_tags("alexnet train", job=True) == {"mlflow.source.name": "alexnet train",
+                                                      "mlflow.source.type": "JOB", "mlflow.source.git.commit": "0123abc"}
+    assert source_tags("alexnet demo", job=False)["mlflow.source.type"] == "LOCAL"
+
+
+def test_only_errors_that_come_through_mlflow_are_blamed_on_the_tracking_store(monkeypatch):
+    """A Ray job server or any other service that does not answer is not "MLflow did not answer"."""
+    import requests
+
+    from alexnet.tracking import explain, problem
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(requests.ConnectionError) as elsewhere:
+        requests.get(f"http://127.0.0.1:{free_port()}", timeout=5)
+    assert problem(elsewhere.value) is None
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(Exception) as tracking:
+        client(uri).get_experiment_by_name("e")
+    assert problem(tracking.value) == "outage" and "start the tracking server" in explain(tracking.value, uri)

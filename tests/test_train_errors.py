@@ -1,4 +1,5 @@
-"""`alexnet train` rejects bad input with one line and exit 2, before any Ray resource is requested."""
+"""`alexnet train` rejects bad input with one line and exit 2, before any Ray resource is requested;
+a diverged run and a tracking store that cannot be used at start are one line and exit 2 too."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from pipelines.errors import UserError
     (["--set", "optim.batch_size=30", "--set", "run.num_workers=4"], "not divisible by run.num_workers=4"),
     (["--set", "model.arch=resnet"], "torchvision"),
     (["--recipe", "nope"], "shipped recipes"),
+    (["--set", "optim.epochs=inf"], "optim.epochs='inf': expected a finite integer"),
+    (["--set", "optim.epochs=.inf"], "optim.epochs=inf: expected a finite integer"),
+    (["--set", "data.crop=1e400"], "data.crop='1e400': expected a finite integer"),
+    (["--set", "optim.lr=nan"], "optim.lr='nan': expected a finite number"),
+    (["--set", "run.system_metrics_interval=inf"], "run.system_metrics_interval='inf': expected a finite number"),
+    (["--set", "optim.epochs=true"], "optim.epochs=True: expected an integer"),
+    (["--set", "optim.epochs=2.5"], "optim.epochs=2.5: expected an integer"),
 ])
 def test_bad_config_exits_2_with_one_line(shapes_dataset, tmp_path, capsys, extra, needle):
     rc = main(["train", "--recipe", "smoke", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), *extra])
@@ -60,3 +68,103 @@ def test_resume_from_a_path_that_is_no_checkpoint_exits_2_naming_the_option(shap
                "--resume-from", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and f"--resume-from {tmp_path / 'nowhere'}: not a readable checkpoint" in err[0], err
+
+
+def _one_error_line(capsys) -> str:
+    """The command's stderr is one line (MLflow's own log lines aside) and no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.strip().splitlines() if " INFO mlflow" not in line and " WARNING mlflow" not in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+class _Refusing:
+    """A real HTTP server on loopback that answers 403 to everything, as a store behind an
+    authenticating proxy does to a user without access."""
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        class Deny(http.server.BaseHTTPRequestHandler):
+            def deny(self):
+                self.send_response(403)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"Permission denied")
+
+            do_GET = do_POST = do_PATCH = do_DELETE = deny
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Deny)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("store, needle", [
+    ("down", "did not answer"),
+    ("foo://nowhere", "is not a store MLflow can open"),
+    ("file-as-folder", "could not open the store"),
+    ("refusing", "refused access"),
+])
+def test_a_tracking_store_that_cannot_be_used_at_start_is_one_line(ray_local, shapes_dataset, tmp_path, capsys,
+                                                                   monkeypatch, store, needle):
+    from tests.mlflow_helpers import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    (tmp_path / "a-file").write_text("")
+    uris = {"down": f"http://127.0.0.1:{free_port()}", "file-as-folder": f"sqlite:///{tmp_path / 'a-file' / 'm.db'}"}
+    with _Refusing() as refusing:
+        uri = refusing if store == "refusing" else uris.get(store, store)
+        rc = main(["train", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), "--tracking-uri", uri,
+                   "--set", "optim.batch_size=16"])
+    line = _one_error_line(capsys)
+    assert rc == 2 and line.startswith("alexnet train: error: ") and needle in line, line
+    assert not list((tmp_path / "w" / "runs").glob("*/checkpoint_*"))  # stopped before training
+
+
+def test_a_model_name_mlflow_would_refuse_after_training_is_refused_before(ray_local, shapes_dataset, tmp_path,
+                                                                            capsys):
+    rc = main(["train", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"),
+               "--set", "run.register_as=team/alexnet"])
+    line = _one_error_line(capsys)
+    assert rc == 2 and "run.register_as='team/alexnet': MLflow model names cannot contain" in line
+    assert not (tmp_path / "w" / "mlflow.db").exists()
+
+
+def test_registry_commands_with_a_store_that_does_not_answer_are_one_line(tmp_path, capsys, monkeypatch):
+    from tests.mlflow_helpers import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{free_port()}"
+    assert main(["promote", "1", "--tracking-uri", uri]) == 2
+    assert "did not answer" in _one_error_line(capsys)
+    assert main(["predict", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--tracking-uri", uri]) == 2
+    line = _one_error_line(capsys)
+    assert "--model models:/alexnet@champion: MLflow at" in line and "did not answer" in line
+
+
+@pytest.mark.slow
+def test_a_diverged_run_is_one_line_naming_what_to_change(ray_local, shapes_dataset, tmp_path, capsys):
+    rc = main(["train", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), "--set", "optim.lr=1e38",
+               "--set", "optim.batch_size=16", "--set", "optim.epochs=1"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and last.startswith("alexnet train: error: training diverged: the training loss became NaN or inf"), err[-3000:]
+    assert "lower optim.lr" in last and "Traceback" not in err
+
+
+def test_evaluate_logging_to_a_run_that_does_not_exist_is_refused_before_evaluating(shapes_dataset, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # an existing, empty store
+    capsys.readouterr()
+    assert main(["evaluate", "--data", str(shapes_dataset), "--log-to", "0123abc", "--workdir", str(tmp_path)]) == 2
+    assert "--log-to 0123abc: no such MLflow run" in _one_error_line(capsys)

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from alexnet.config import load_config
     from jobs.runtime import prepare_workdir, ray_session
-    from jobs.training import new_run_name, run_training
+    from alexnet.run import new_run_name, run_training
     from pipelines.ingest import IngestOptions, ingest
     from pipelines.synthetic import write_demo_images
 
@@ -51,8 +51,8 @@ def run(args) -> int:
         print(f"dataset {dataset_dir} version {summary.version}: {summary.added} images added, "
               f"{summary.already_present} already present, {len(summary.rejects)} rejected", flush=True)
         report = run_training(cfg, tracking_uri=work.tracking_uri, storage=str(work.runs),
-                              run_name=new_run_name("demo"), experiment="alexnet-demo",
-                              artifact_location=work.artifacts)
+                              run_name=new_run_name("demo"), model_dir=work.root / "models",
+                              experiment="alexnet-demo", artifact_location=work.artifacts, source="alexnet demo")
     print()
     print(f"MLflow run id:      {report.run_id}  (run name {report.run_name})")
     print(f"val top-1:          {report.val_top1:.3f}  (chance {report.chance:.3f}) after {report.epochs} epochs")

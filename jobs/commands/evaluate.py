@@ -32,17 +32,17 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import json
 
-    from alexnet.tracking import client_for
-
     from alexnet.predict import evaluate, load_model
-    from alexnet.tracking import log_params, tracked_run
+    from alexnet.run import new_run_name
+    from alexnet.tracking import client_for, log_params, tracked_run
     from jobs.runtime import existing_store, ray_session
-    from jobs.training import new_run_name
     from pipelines.dataset import open_dataset
 
     tracking_uri = existing_store(args)
     info = open_dataset(args.data)
-    model = load_model(args.model, tracking_uri)
+    if args.log_to:
+        check_run(tracking_uri, args.log_to)  # a wrong id fails now, not after the evaluation
+    model = load_model(args.model, tracking_uri, label=f"--model {args.model}")
     with ray_session():
         s, _, _ = evaluate(model, info, ten_crop=args.ten_crop, concurrency=args.concurrency)
     metrics = {"eval/top1": s.top1, "eval/top5": s.top5, "eval/images": s.images}
@@ -51,7 +51,6 @@ def run(args) -> int:
     print(f"{args.model} on {info.path} (val, {s.images} images{', 10-crop' if args.ten_crop else ''}): "
           f"top-1 {s.top1:.4f}  top-5 {s.top5:.4f}")
     if args.log_to:
-        client_for(tracking_uri).get_run(args.log_to)  # a wrong id fails here, clearly
         for key, value in metrics.items():
             client_for(tracking_uri).log_metric(args.log_to, key, value)
         result["run_id"] = args.log_to
@@ -67,6 +66,20 @@ def run(args) -> int:
         write_metric_file(args.metric_file, {**result, "metrics": {"val/top1": s.top1, "val/top5": s.top5}})
     print("EVAL " + json.dumps(result), flush=True)
     return 0
+
+
+def check_run(tracking_uri: str, run_id: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from alexnet.tracking import client_for
+    from pipelines.errors import UserError
+
+    try:
+        client_for(tracking_uri).get_run(run_id)
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise UserError(f"--log-to {run_id}: no such MLflow run in {tracking_uri}") from None
 
 
 def write_metric_file(path: str, payload: dict) -> None:

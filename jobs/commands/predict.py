@@ -38,7 +38,7 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     tracking_uri = existing_store(args)
-    model = load_model(args.model, tracking_uri)
+    model = load_model(args.model, tracking_uri, label=f"--model {args.model}")
     crop, resize = geometry(model)
     with ray_session():
         images = read_images(args.data, model, split=args.split, crop=crop, resize=resize)

@@ -40,7 +40,7 @@ def run(args) -> int:
     from alexnet.config import load_config, recipe_path, shipped_recipes
     from alexnet.trainer import check_inputs, scale_note
     from jobs.runtime import prepare_workdir, ray_session
-    from jobs.training import new_run_name, run_training
+    from alexnet.run import new_run_name, run_training
     from pipelines.loader import stored_side
     from pipelines.storage import is_uri
 
@@ -64,9 +64,9 @@ def run(args) -> int:
     with ray_session():
         report = run_training(
             cfg, tracking_uri=tracking_uri, storage=args.storage or str(work.runs),
-            run_name=args.run_name or new_run_name("train"), experiment=args.experiment,
-            artifact_location=None if args.tracking_uri else work.artifacts, tags=tags,
-            resume_from=args.resume_from,
+            run_name=args.run_name or new_run_name("train"), model_dir=work.root / "models",
+            experiment=args.experiment, artifact_location=None if args.tracking_uri else work.artifacts, tags=tags,
+            resume_from=args.resume_from, source="alexnet train",
         )
     print(f"MLflow run id: {report.run_id}  run name: {report.run_name}")
     print(f"val top-1: {report.val_top1:.4f} after {report.epochs} epochs; best checkpoint {report.checkpoint}")
