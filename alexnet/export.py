@@ -18,13 +18,13 @@ import math
 import os
 import pickle
 import shutil
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pipelines.atomic import write_atomic_dir
 from pipelines.errors import UserError
 
 SPEC_FILE = "alexnet.json"
@@ -91,9 +91,9 @@ def build(spec: ModelSpec, weights: dict | None = None) -> Classifier:
 
 
 def save(classifier: Classifier, directory: str | os.PathLike) -> Path:
-    """Write the two files into `directory` (created; it must not exist yet)."""
+    """Write the two files into `directory` (created if missing)."""
     directory = Path(directory)
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / SPEC_FILE).write_text(json.dumps(classifier.spec.to_json(), indent=2))
     torch.save({k: v.detach().cpu() for k, v in classifier.net.state_dict().items()}, directory / WEIGHTS_FILE)
     return directory
@@ -226,21 +226,12 @@ def _load_pyfunc(data_path: str) -> PyfuncModel:
 
 
 def write_atomically(classifier: Classifier, directory: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
-    """`save` into a temporary sibling, then one rename: `directory` is complete or absent.
-    `extra` adds small text files (name -> content) beside the two model files."""
-    directory = Path(directory)
-    if directory.exists():
-        raise FileExistsError(f"{directory} already exists")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    """`save` into a folder that appears whole or not at all (pipelines.atomic). `extra` adds small
+    text files (name -> content) beside the two model files."""
+    def fill(tmp: str) -> None:
         save(classifier, tmp)
         for name, text in (extra or {}).items():
-            (tmp / name).write_text(text)
-        for file in tmp.iterdir():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+            (Path(tmp) / name).write_text(text)
+
+    write_atomic_dir(directory, fill)
+    return Path(directory)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ from alexnet.export import Classifier, write_atomically
 from alexnet.registry import Evaluation, assign_alias, ensure_version
 from alexnet.tracking import (TrackingUnavailable, client_for, explain, is_tracking_error, redact, retrying,
                               using_store)
+from pipelines.atomic import write_atomic
 from pipelines.errors import UserError
 
 REGISTRATION_FILE = "registration.json"
@@ -78,9 +78,7 @@ def read_registration(folder: str | os.PathLike) -> dict:
 def _note(folder: Path, registration: dict, **done) -> None:
     """Record finished steps (temp file + rename: a kill never leaves half a file)."""
     registration.update(done)
-    tmp = folder / f".{REGISTRATION_FILE}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(registration, indent=2))
-    os.replace(tmp, folder / REGISTRATION_FILE)
+    write_atomic(folder / REGISTRATION_FILE, json.dumps(registration, indent=2))
 
 
 def register_command(folder: Path, tracking_uri: str) -> str:

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import math
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -97,14 +96,11 @@ def write_report(directory: str | Path, cfg, info, scores, labels: np.ndarray, p
     eval/confusion_matrix.png, eval/per_class_accuracy.csv and eval/val_scores.json for the val
     split (`scores`, `labels`, `preds` from alexnet.predict.evaluate), samples/train_augmented.png.
     Written to a temporary sibling first: `directory` is complete or absent."""
-    import os
-    import shutil
-
+    from pipelines.atomic import write_atomic_dir
     from pipelines.loader import train_dataset
 
-    directory = Path(directory)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    def fill(folder: str) -> None:
+        tmp = Path(folder)
         (tmp / "eval").mkdir()
         (tmp / "samples").mkdir()
         cm = confusion_matrix(labels, preds, info.num_classes)
@@ -113,11 +109,12 @@ def write_report(directory: str | Path, cfg, info, scores, labels: np.ndarray, p
         (tmp / "eval" / "val_scores.json").write_text(json.dumps(
             {"top1": scores.top1, "top5": scores.top5, "images": scores.images, "ten_crop": cfg.data.ten_crop_eval,
              "dataset_version": info.version, "confusion_matrix": cm.tolist(), "classes": info.classes}, indent=2))
-        sample = train_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting, flip=cfg.data.flip,
-                               seed=None, random_resized_crop=cfg.data.random_resized_crop).take(SAMPLE_GRID_IMAGES)
+        sample = train_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
+                               flip=cfg.data.flip, seed=None,
+                               random_resized_crop=cfg.data.random_resized_crop).take(SAMPLE_GRID_IMAGES)
         sample_grid(np.stack([np.asarray(r["image"], dtype=np.uint8) for r in sample]), [r["label"] for r in sample],
                     info.classes, tmp / "samples" / "train_augmented.png")
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    directory = Path(directory)
+    write_atomic_dir(directory, fill)
     return directory

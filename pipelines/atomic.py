@@ -53,6 +53,33 @@ def write_atomic(target: str | os.PathLike | Location, content: bytes | str | Wr
     _fsync_dir(folder)
 
 
+def write_atomic_dir(target: str | os.PathLike, fill: Callable[[str], None]) -> None:
+    """Create the local folder `target` whole or not at all: `fill(path)` writes the folder's
+    content into a temporary sibling, which is fsynced and renamed to `target` in one step. A
+    `target` that exists is an error (FileExistsError): folders are written once."""
+    target = os.path.abspath(target)
+    if os.path.exists(target):
+        raise FileExistsError(f"{target} already exists")
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, temp_name(name))
+    os.mkdir(tmp)
+    try:
+        fill(tmp)
+        for folder, _, files in os.walk(tmp):
+            for file in files:
+                with open(os.path.join(folder, file), "rb") as f:
+                    os.fsync(f.fileno())
+            _fsync_dir(folder)
+        os.replace(tmp, target)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
+
+
 def _fill(f: BinaryIO, content: bytes | str | Writer) -> None:
     if isinstance(content, str):
         f.write(content.encode())

@@ -40,6 +40,7 @@ from __future__ import annotations
 import secrets
 from contextlib import contextmanager
 
+from pipelines import storage
 from pipelines.augment import TrainPreset, ValPreset, apply_preset
 from pipelines.dataset import DatasetInfo
 from pipelines.device_augment import plan_batch
@@ -123,7 +124,6 @@ def read_shards(paths: list[str], columns: list[str], **kw):
     rows inside the decoding tasks instead, see the module docstring)."""
     import ray.data
 
-    from pipelines import storage
 
     fs, fs_paths = storage.pyarrow_paths(paths)  # local paths or URIs, resolved as everywhere else
     with _per_file_reads():
@@ -154,7 +154,6 @@ def _footer(path: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines import storage
 
     try:
         with storage.open_input(path) as f:
@@ -173,7 +172,6 @@ def _read_unit(unit: dict, columns: list[str]) -> dict:
     """One work unit's rows as a numpy batch (columns -> arrays)."""
     import pyarrow.parquet as pq
 
-    from pipelines import storage
 
     with storage.open_input(unit["path"]) as f:  # a local path or a URI (s3://...), read by this task
         table = pq.ParquetFile(f).read_row_group(unit["group"], columns=columns)

@@ -37,14 +37,14 @@ _write_csv(T / TARGET, ["path", "reason"], [(f"/data/{i}.jpg", "corrupt") for i 
 import torch
 from alexnet import checkpoint
 model = torch.nn.Linear(64, 64)
-checkpoint.save(T, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), plateau={}, scaler=None,
+checkpoint.save(T, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), plateau={},
                 epoch=0, config={"model": {"arch": "x"}, "optim": {"optimizer": "sgd"}}, dataset_version="v",
                 metrics={}, num_classes=64)"""),
     "meta.json": ("meta.json", """
 import torch
 from alexnet import checkpoint
 model = torch.nn.Linear(2, 2)  # state.pt fits; meta.json, with these metrics, does not
-checkpoint.save(T, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), plateau={}, scaler=None,
+checkpoint.save(T, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), plateau={},
                 epoch=0, config={"model": {"arch": "x"}, "optim": {"optimizer": "sgd"}}, dataset_version="v",
                 metrics={f"val/class_{i}": 0.5 for i in range(1000)}, num_classes=2)"""),
     "schedule state": ("s.state.json", """

@@ -140,7 +140,7 @@ def test_checkpoints_without_a_shape_entry_still_tell_their_shape(tmp_path):
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
     cfg = {"model": {"arch": "bn"}, "optim": {"optimizer": "sgd"}}
     checkpoint.save(tmp_path, model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), plateau={},
-                    scaler=None, epoch=4, config=cfg, dataset_version="v1", metrics={}, num_classes=3)
+                    epoch=4, config=cfg, dataset_version="v1", metrics={}, num_classes=3)
     meta = json.loads((tmp_path / checkpoint.META_FILE).read_text())
     assert meta["shape"] == {"model.arch": "bn", "model.hidden": 4096, "num_classes": 3, "optim.optimizer": "sgd"}
     del meta["shape"]
