@@ -30,7 +30,7 @@ def demo_workdir(ray_local, tmp_path_factory):
 
 
 def test_demo_writes_a_valid_parquet_dataset(demo_workdir):
-    info = open_dataset(demo_workdir / "datasets" / "shapes")
+    info = open_dataset(demo_workdir / "datasets" / "hue-shapes-20")
     assert info.num_classes == 6 and info.split_size("train") > 0 and info.split_size("val") > 0
     shard = info.shard_paths("train")[0]
     schema = pq.read_schema(shard)
@@ -52,7 +52,7 @@ def test_demo_run_is_tracked_with_params_metrics_and_a_loadable_model(demo_workd
     assert run.data.params["model.arch"] == "torchvision"
     assert run.data.params["optim.epochs"] == "2"
     assert run.data.params["run.num_workers"] == "2"
-    assert run.data.params["dataset.version"] == open_dataset(demo_workdir / "datasets" / "shapes").version
+    assert run.data.params["dataset.version"] == open_dataset(demo_workdir / "datasets" / "hue-shapes-20").version
     for key in ("train/loss", "val/loss", "val/top1", "val/top5", "lr", "throughput/images_per_s"):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == [0, 1], key
@@ -70,7 +70,7 @@ def test_second_demo_adds_a_new_run_and_keeps_the_first(demo_workdir, capsys):
     exp = client.get_experiment_by_name("alexnet-demo")
     first = client.search_runs([exp.experiment_id])[0]
     first_artifacts = {a.path for a in client.list_artifacts(first.info.run_id)}
-    shards_before = sorted((demo_workdir / "datasets" / "shapes" / "train").iterdir())
+    shards_before = sorted((demo_workdir / "datasets" / "hue-shapes-20" / "train").iterdir())
 
     assert main(["demo", "--workdir", str(demo_workdir), "--images-per-class", "20", "--epochs", "1",
                  "--set", "optim.batch_size=16", "--set", "model.hidden=256"]) == 0
@@ -83,7 +83,7 @@ def test_second_demo_adds_a_new_run_and_keeps_the_first(demo_workdir, capsys):
     assert "open the MLflow UI: mlflow ui --backend-store-uri sqlite:///" in out
     # Nothing the first run points to was overwritten or removed.
     assert {a.path for a in client.list_artifacts(first.info.run_id)} == first_artifacts
-    assert sorted((demo_workdir / "datasets" / "shapes" / "train").iterdir()) == shards_before  # no new shards
+    assert sorted((demo_workdir / "datasets" / "hue-shapes-20" / "train").iterdir()) == shards_before  # no new shards
     assert sorted(int(v.version) for v in client.search_model_versions("name='alexnet'")) == [1, 2]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-DEMO_CLASSES_PER = 140  # images per class; 6 classes
+DEMO_CLASSES_PER = 200  # images per class; 6 classes
 
 
 def add_parser(sub) -> None:
@@ -37,13 +37,14 @@ def run(args) -> int:
         overrides.append(f"optim.epochs={args.epochs}")
     if args.workers is not None:
         overrides.append(f"run.num_workers={args.workers}")
-    dataset_dir = work.datasets / "shapes"
+    name = f"hue-shapes-{args.images_per_class}"  # a new generator or size is a new source and dataset
+    dataset_dir = work.datasets / name
     cfg = load_config("demo", [f"data.path={dataset_dir}", *overrides])
 
-    source = work.root / "demo-images" / f"shapes-{args.images_per_class}"
+    source = work.root / "demo-images" / name
     if not source.is_dir():
         tmp = source.with_name(source.name + ".tmp")
-        write_demo_images(tmp, per_class=args.images_per_class, size=cfg.data.resize)
+        write_demo_images(tmp, per_class=args.images_per_class, size=cfg.data.resize, class_hues=True)
         tmp.rename(source)
 
     with ray_session():
