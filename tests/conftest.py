@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -52,12 +54,18 @@ def ray_local(ray_auth_token):
 
     os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ.pop("RAY_ADDRESS", None)
+    # A temp dir of its own, naming this cluster as its current one: the job server points each
+    # job's driver at the "current" cluster of its temp dir, and in the shared /tmp/ray that is
+    # whichever cluster another `ray start` on this machine registered last.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
     ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
-                   logging_level="ERROR", log_to_driver=False)
+                   logging_level="ERROR", log_to_driver=False, _temp_dir=temp_dir)
+    ray._private.utils.write_ray_address(ctx.address_info["gcs_address"], temp_dir)
     _RAY.update(dashboard_url=ctx.dashboard_url, session_dir=ctx.address_info["session_dir"])
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
