@@ -9,7 +9,6 @@ same MLflow run instead of creating a second one.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from contextlib import contextmanager
@@ -17,12 +16,10 @@ from contextlib import contextmanager
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from alexnet.redaction import redact  # the one redaction rule (also imported from here)
 from pipelines.errors import UserError
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-REDACTED = "***"
-SECRET_KEY = re.compile(r"token|password|passwd|secret|api[_-]?key|credential", re.IGNORECASE)
-URI_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 LOCAL_STORE_SCHEMES = ("sqlite:", "file:")
 
 
@@ -131,14 +128,6 @@ def client_for(tracking_uri: str) -> MlflowClient:
 def is_local_store(tracking_uri: str) -> bool:
     """SQLite and file stores live on one machine's disk; other nodes cannot write to them."""
     return tracking_uri.startswith(LOCAL_STORE_SCHEMES) or "://" not in tracking_uri
-
-
-def redact(key: str, value) -> str:
-    """Secrets never reach MLflow: values of secret-looking keys, and user:password@ in URIs."""
-    text = str(value)
-    if SECRET_KEY.search(key):
-        return REDACTED
-    return URI_USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
 
 
 def flatten_params(params: dict, prefix: str = "") -> dict[str, str]:

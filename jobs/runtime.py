@@ -1,8 +1,10 @@
 """Where a run's Ray comes from, and the work directory's layout.
 
 Inside a Ray job (RAY_ADDRESS set by the job server) we join that cluster; otherwise a local
-Ray is started in-process and always shut down on the way out, Ctrl-C included, so no raylet
-or worker process outlives the command.
+Ray is started in-process (Ray's defaults, token authentication included) and always shut down on
+the way out, Ctrl-C and SIGTERM included, so no raylet or worker process outlives the command.
+SIGTERM (`alexnet jobs stop`, `kill`, Kubernetes) ends a command the way Ctrl-C does: its MLflow
+run ends KILLED and the CLI prints one line, with no stack dump.
 """
 
 from __future__ import annotations
@@ -68,8 +70,19 @@ def configure_mlflow_client() -> None:
         os.environ.setdefault(key, value)
 
 
-def _sigterm_as_interrupt(signum, frame):
+def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM raises KeyboardInterrupt: the cleanup that Ctrl-C runs (a run
+    marked KILLED, child processes stopped) runs for `kill` and `alexnet jobs stop` too."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -81,8 +94,10 @@ def ray_session(num_cpus: int | None = None):
         yield
         return
     configure_mlflow_client()
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    original = signal.getsignal(signal.SIGTERM)
     try:
+        # ray.init installs its own SIGTERM handler (sys.exit, which ends the MLflow run FAILED
+        # with a stack dump): ours is installed after it.
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=True)
         else:
@@ -92,10 +107,11 @@ def ray_session(num_cpus: int | None = None):
 
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = os.isatty(2)
-        yield
+        with sigterm_as_interrupt():
+            yield
     finally:
         ray.shutdown()
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, original)
 
 
 def add_store_options(parser) -> None:

@@ -8,7 +8,10 @@ Slots: a slot is a cron time in the schedule's time zone. Only the most recent s
 `now` is considered, so after downtime the scheduler runs the latest missed slot once (catch-up)
 rather than every missed one; a schedule seen for the first time runs its most recent slot.
 The submission id is derived from (schedule, slot, attempt), so a restarted scheduler that
-resubmits a slot finds the id already on the cluster and counts it as submitted.
+resubmits a slot finds the id already on the cluster and counts it as submitted. A submit whose
+answer never came (connection dropped, head hung, token refused) stays SUBMITTING and is sent
+again, under the same id, by the next tick that reaches the cluster; if a newer slot is due by
+then, the newer slot runs instead (catch-up, as after downtime).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class JobRecord:
     submission_id: str
     slot: str  # ISO time of the slot, UTC
     attempt: int
-    status: str  # SUBMITTING, PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED
+    status: str  # SUBMITTING, PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED, SUPERSEDED (never reached the cluster)
     reason: str  # why the trigger fired
     trigger: str  # `--trigger` passed to train: schedule | new-data
     submitted_at: str
@@ -86,6 +89,8 @@ class ScheduleState:
     last_success_at: str | None = None
     last_success_version: str | None = None  # dataset version of the last successful run
     last_success_images: int | None = None
+    last_error: str = ""  # why the last tick could not reach the cluster; "" once one does
+    last_error_at: str | None = None
     jobs: list[JobRecord] = field(default_factory=list)
 
 
@@ -272,11 +277,16 @@ def decide(s: Schedule, state: ScheduleState, now: dt.datetime, statuses: dict[s
     submits: list[JobRecord] = []
     notes: list[str] = []
 
+    slot = latest_slot(s, now)
     for rec in st.jobs:  # 1. fold in what the cluster says about our jobs
         if rec.status not in ACTIVE or rec.submission_id not in statuses:
             continue
         status = statuses[rec.submission_id]
-        if status is None and rec.status == "SUBMITTING":
+        if status is None and rec.status == "SUBMITTING" and parse_iso(rec.slot) < slot:
+            rec.status, rec.finished_at = "SUPERSEDED", iso(now)
+            rec.message = f"never reached the cluster; slot {iso(slot)} runs instead"
+            notes.append(f"{rec.submission_id}: {rec.message}")
+        elif status is None and rec.status == "SUBMITTING":
             submits.append(rec)  # recorded, but the submit never reached the cluster: same id again
         elif status is None:
             note = mark_failed(s, rec, now, "FAILED", "job no longer known to the cluster")
@@ -316,7 +326,7 @@ def decide(s: Schedule, state: ScheduleState, now: dt.datetime, statuses: dict[s
         st.last_outcome = f"retrying slot {rec.slot} as {new.submission_id}"
         notes.append(st.last_outcome)
 
-    slot = latest_slot(s, now)  # 3. the most recent slot, if not handled yet
+    # 3. the most recent slot, if not handled yet
     if st.last_slot is None or slot > parse_iso(st.last_slot):
         st.last_slot = iso(slot)
         other = busy()

@@ -2,9 +2,12 @@
 
 State is one JSON file (default: next to the schedule file, `<name>.state.json`), replaced
 atomically (temp file + fsync + os.replace) and guarded by an flock, so a `schedule run` loop
-and a `schedule tick` from cron never interleave. Each tick saves the decided state *before*
-submitting (records marked SUBMITTING) and again after, so a crash in between resubmits the
-same submission id, which the cluster refuses as a duplicate: no slot is missed or doubled.
+and a `schedule tick` from cron never interleave; a tick that finds the lock held for LOCK_WAIT_S
+does nothing (the holder handles what is due) instead of queueing behind it. Each tick saves the
+decided state *before* submitting (records marked SUBMITTING) and again after, so a crash in
+between resubmits the same submission id, which the cluster refuses as a duplicate: no slot is
+missed or doubled. Every call to the cluster has a timeout (jobs.cluster); a call that fails is
+recorded in the schedule's state (`last_error`) and the next tick tries again.
 """
 
 from __future__ import annotations
@@ -14,13 +17,20 @@ import datetime as dt
 import fcntl
 import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from alexnet.redaction import redact_text
 from jobs import schedule as sch
 from pipelines.errors import UserError
 
 STATE_VERSION = 1
+LOCK_WAIT_S = 10.0  # a tick waits this long for another tick to finish, then does nothing
+
+
+class StateBusy(UserError):
+    """Another tick holds the state's lock."""
 
 
 def default_state_path(schedule_file: str | Path) -> Path:
@@ -47,10 +57,21 @@ def save_state(path: Path, states: dict[str, sch.ScheduleState]) -> None:
 
 
 @contextmanager
-def locked(path: Path):
+def locked(path: Path, wait_s: float = LOCK_WAIT_S):
+    """The state's exclusive lock, or StateBusy after `wait_s`: ticks never queue up behind a slow one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "w") as lock:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StateBusy(f"{lock_path} is held by another tick; this one does nothing "
+                                    f"(that tick handles what is due)") from None
+                time.sleep(0.2)
         try:
             yield
         finally:
@@ -87,41 +108,64 @@ def read_metric(s: sch.Schedule, st: sch.ScheduleState) -> tuple[float | None, s
     return float(value), ""
 
 
+def _line(err: BaseException) -> str:
+    text = str(err).strip()
+    return redact_text(text.splitlines()[0][:300] if text else type(err).__name__)
+
+
 def tick(schedules: list[sch.Schedule], state_path: Path, now: dt.datetime, connect=None,
          environ=os.environ) -> list[str]:
     """One pass over all schedules; returns the lines to print. `connect(address)` gives a
-    JobSubmissionClient (injected by tests); an unreachable cluster leaves that schedule's state
-    untouched, so its slot is handled on the next tick that reaches it."""
-    from jobs import submit as js
+    JobSubmissionClient (default jobs.cluster.connect). A schedule whose cluster cannot be asked
+    keeps its slot and jobs as they were, with the reason in `last_error`: the next tick that
+    reaches the cluster handles the slot."""
+    from jobs import cluster
 
-    connect = connect or js.connect
+    connect = connect or cluster.connect
     lines = []
-    with locked(state_path):
-        states = load_state(state_path)
-        for s in schedules:
-            st = states.get(s.name, sch.ScheduleState())
-            try:
-                client = connect(s.address)
-                statuses = {r.submission_id: js.job_status(client, r.submission_id)
-                            for r in st.jobs if r.status in sch.ACTIVE}
-            except (UserError, RuntimeError) as err:
-                lines.append(f"{s.name}: {err}")
-                continue
-            data, error = read_data(s) if s.trigger.kind in ("new-version", "new-images") else (None, "")
-            metric = None
-            if s.trigger.kind == "metric-below":
-                metric, error = read_metric(s, st)
-            decision = sch.decide(s, st, now, statuses, data, metric, error)
-            states[s.name] = decision.state
-            save_state(state_path, states)  # the slot is taken before the job exists (see module doc)
-            lines += [f"{s.name}: {note}" for note in decision.notes]
-            for rec in decision.submits:
-                lines.append(f"{s.name}: {submit_record(s, rec, client, now, environ)}")
-                save_state(state_path, states)
+    try:
+        with locked(state_path):
+            states = load_state(state_path)
+            for s in schedules:
+                lines += tick_one(s, states, state_path, now, connect, environ)
+    except StateBusy as err:
+        lines.append(str(err))
+    return [redact_text(line) for line in lines]
+
+
+def tick_one(s: sch.Schedule, states: dict, state_path: Path, now: dt.datetime, connect, environ) -> list[str]:
+    from jobs import cluster
+
+    st = states.get(s.name, sch.ScheduleState())
+    try:
+        client = connect(s.address)
+        statuses = {r.submission_id: cluster.job_status(client, r.submission_id)
+                    for r in st.jobs if r.status in sch.ACTIVE}
+    except (UserError, RuntimeError) as err:  # no answer, refused, or the server erred
+        st.last_error, st.last_error_at = _line(err), sch.iso(now)
+        states[s.name] = st
+        save_state(state_path, states)
+        return [f"{s.name}: cluster not reached, the next tick tries again: {st.last_error}"]
+    st.last_error, st.last_error_at = "", None
+    data, error = read_data(s) if s.trigger.kind in ("new-version", "new-images") else (None, "")
+    metric = None
+    if s.trigger.kind == "metric-below":
+        metric, error = read_metric(s, st)
+    decision = sch.decide(s, st, now, statuses, data, metric, error)
+    states[s.name] = decision.state
+    save_state(state_path, states)  # the slot is taken before the job exists (see module doc)
+    lines = [f"{s.name}: {note}" for note in decision.notes]
+    for rec in decision.submits:
+        line = submit_record(s, rec, client, now, environ)
+        if rec.status == "SUBMITTING":
+            decision.state.last_error, decision.state.last_error_at = line, sch.iso(now)
+        lines.append(f"{s.name}: {line}")
+        save_state(state_path, states)
     return lines
 
 
 def submit_record(s: sch.Schedule, rec: sch.JobRecord, client, now: dt.datetime, environ=os.environ) -> str:
+    from jobs import cluster
     from jobs import submit as js
 
     args, extra = sch.job_args(s, rec)
@@ -135,8 +179,10 @@ def submit_record(s: sch.Schedule, rec: sch.JobRecord, client, now: dt.datetime,
     except js.JobExists:
         rec.status = "PENDING"  # a previous tick got it there; its status is read on the next tick
         return f"{rec.submission_id} already on the cluster; counted as submitted"
-    except (UserError, RuntimeError, OSError) as err:
-        return f"submit failed: {sch.mark_failed(s, rec, now, 'FAILED', str(err).splitlines()[0][:200])}"
+    except cluster.ClusterError as err:  # no answer: it may or may not have landed. Stays SUBMITTING.
+        return f"submit of {rec.submission_id} not confirmed ({_line(err)}); the next tick checks and resends it"
+    except (UserError, RuntimeError, OSError) as err:  # the spec or the server said no
+        return f"submit failed: {sch.mark_failed(s, rec, now, 'FAILED', _line(err))}"
 
 
 def status_lines(schedules: list[sch.Schedule], state_path: Path, now: dt.datetime) -> list[str]:
@@ -155,4 +201,6 @@ def status_lines(schedules: list[sch.Schedule], state_path: Path, now: dt.dateti
             lines.append(f"  last job:  {last.submission_id} {last.status}{retry} (as of the last tick)")
         if st.last_success_at:
             lines.append(f"  last success: {st.last_success_at} (dataset {st.last_success_version or '-'})")
+        if st.last_error:
+            lines.append(f"  last error: {st.last_error_at}: {st.last_error}")
     return lines

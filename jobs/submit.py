@@ -2,24 +2,27 @@
 
 The entrypoint is the same `python -m jobs.cli <command> ...` line one would type locally; the
 repo root travels as the job's `working_dir`, and the submitter's MLflow/AWS settings travel in
-the runtime env's `env_vars` (secrets are copied from the environment, never from files, and
-printed only as `***`). Nothing here starts a local Ray: no address is an error.
+the runtime env's `env_vars` (copied from the environment, never from files, and printed through
+`alexnet.redaction`). Credentials never go on the command line, which Ray keeps in its job table
+for anyone who can list jobs: a `--tracking-uri` carrying them moves into the job's
+MLFLOW_TRACKING_URI (the commands' default), and any other argument carrying them is refused.
+The connection itself (address, token, timeouts) is `jobs.cluster`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import hashlib
 import os
 import re
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexnet.provenance import COMMIT_ENV, git_commit
+from alexnet.redaction import is_secret, redact, redact_env, redact_text
+from jobs.cluster import TERMINAL, job_info
 from pipelines.errors import UserError
 
 COMMANDS = ("train", "ingest", "predict", "evaluate")
@@ -29,16 +32,19 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]  # holds pipelines/, alexnet/
 EXCLUDES = [".venv", "venv", ".git", "alexnet-work", "mlruns", "mlartifacts", "*.db", "build", "dist",
             "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".devbundle", "benchmarks"]
 
-# Copied from the submitter's environment when set. Values of SECRET_ENV are never printed.
-PLAIN_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_S3_ENDPOINT_URL",
-             "MLFLOW_TRACKING_USERNAME", "AWS_REGION", "AWS_DEFAULT_REGION")
-SECRET_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID",
-              "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-_SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "ACCESS_KEY", "CREDENTIAL")
+# Copied from the submitter's environment when set (printed through alexnet.redaction).
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_S3_ENDPOINT_URL",
+                 "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_REGION",
+                 "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# Ray's job supervisor SIGKILLs a stopped job's driver after RAY_JOB_STOP_WAIT_TIME_S (default 3 s);
+# the driver needs longer to mark its MLflow run KILLED over HTTP and shut its Ray session down.
+STOP_GRACE_ENV = {"RAY_JOB_STOP_WAIT_TIME_S": "30"}
+# option -> the variable that the commands having it read as its default
+URI_OPTIONS = {"--tracking-uri": "MLFLOW_TRACKING_URI"}
+URI_COMMANDS = ("train", "predict", "evaluate")
 
-ACTIVE = ("PENDING", "RUNNING")
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}  # `--wait` and `jobs status` exit codes
+AGENT_WAIT_S = 60.0  # how long a submit waits for a freshly started head's job agent
 
 
 class JobExists(Exception):
@@ -65,40 +71,37 @@ class JobSpec:
         return env
 
 
-def is_secret(name: str) -> bool:
-    return name in SECRET_ENV or any(word in name.upper() for word in _SECRET_WORDS)
-
-
-def redacted(env: dict) -> dict:
-    return {k: ("***" if is_secret(k) else v) for k, v in env.items()}
-
-
-def resolve_address(address: str | None) -> str:
-    """--address, else $RAY_ADDRESS; never a silent local Ray. Adds http:// when missing."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        raise UserError("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
-    if address == "auto" or "://" not in address and address.endswith(":6379"):
-        raise UserError(f"--address {address}: give the job server's http://HOST:8265 address, not the GCS port")
-    return address if "://" in address else f"http://{address}"
-
-
-def connect(address: str | None):
-    """A JobSubmissionClient for the address, or a one-line UserError when it cannot be reached."""
-    from ray.job_submission import JobSubmissionClient
-
-    url = resolve_address(address)
-    try:
-        return JobSubmissionClient(url)
-    except Exception as err:  # ConnectionError, or a version/auth refusal from the server
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"--address {url}: cannot reach a Ray job server ({reason[:200]})") from None
-
-
 def forwarded_env(extra: dict | None = None, environ=os.environ) -> dict:
-    env = {k: environ[k] for k in (*PLAIN_ENV, *SECRET_ENV) if environ.get(k)}
+    env = {**STOP_GRACE_ENV, **{k: environ[k] for k in FORWARDED_ENV if environ.get(k)}}
     env.update(extra or {})
     return env
+
+
+def credentials_to_env(command: str, args: list[str]) -> tuple[list[str], dict]:
+    """(args without credentials, env vars carrying them): a URI option whose value holds
+    credentials moves into the variable its command reads instead; any other argument that holds
+    credentials is refused, naming it (masked)."""
+    kept, env = [], {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        if name in URI_OPTIONS and command in URI_COMMANDS and (eq or i + 1 < len(args)):
+            value = value if eq else args[i + 1]
+            step = 1 if eq else 2
+            if redact_text(value) != value:
+                env[URI_OPTIONS[name]] = value
+            else:
+                kept += args[i:i + step]
+            i += step
+            continue
+        if redact_text(arg) != arg or (arg.startswith("--") and is_secret(arg) and i + 1 < len(args)):
+            raise UserError(f"argument {redact_text(arg)!r} carries a credential, and a job's command line is "
+                            f"stored in Ray's job table: pass it in the environment instead (MLFLOW_TRACKING_*, "
+                            f"AWS_*, or --env NAME=VALUE)")
+        kept.append(arg)
+        i += 1
+    return kept, env
 
 
 def config_hash(command: str, args: list[str] | tuple[str, ...]) -> str:
@@ -135,19 +138,20 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
                environ=os.environ) -> JobSpec:
     if command not in COMMANDS:
         raise UserError(f"submit {command!r}: expected one of {', '.join(COMMANDS)}")
-    args = list(args)
+    args, credential_env = credentials_to_env(command, list(args))
     if command == "train":
         run_name = run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
         args = (["--recipe", recipe_arg(recipe)] if recipe else []) + args
         args += ["--run-name", run_name, "--trigger", trigger or "manual"]
         args += [a for k, v in (tags or {}).items() for a in ("--tag", f"{k}={v}")]
+        credentials_to_env(command, args)  # a --tag or --run-name may carry one too
     elif recipe or run_name or trigger or tags:
         raise UserError(f"submit {command}: --recipe, --run-name, --trigger and --tag apply to train only")
     digest = config_hash(command, args)
     if not submission_id:
         nonce = hashlib.sha256(f"{time.time_ns()}{os.getpid()}".encode()).hexdigest()[:6]
         submission_id = f"alexnet-{command}-{slug(run_name or time.strftime('%Y%m%d-%H%M%S'))}-{nonce}"
-    job_env = forwarded_env(env, environ)
+    job_env = {**forwarded_env(env, environ), **credential_env}
     # Ray does not export the submission id to the entrypoint; train tags its MLflow run with it.
     job_env["RAY_JOB_SUBMISSION_ID"] = submission_id
     commit = git_commit() or ""
@@ -160,64 +164,29 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
 
 
 def describe(spec: JobSpec, address: str) -> str:
-    lines = [f"submitting {spec.submission_id} to {address}", f"  entrypoint: {spec.entrypoint}"]
+    lines = [f"submitting {spec.submission_id} to {redact('address', address)}",
+             f"  entrypoint: {redact_text(spec.entrypoint)}"]
     if spec.env:
-        lines.append("  env: " + " ".join(f"{k}={v}" for k, v in sorted(redacted(spec.env).items())))
+        lines.append("  env: " + " ".join(f"{k}={v}" for k, v in sorted(redact_env(spec.env).items())))
     if spec.pip:
         lines.append("  pip: " + " ".join(spec.pip))
     return "\n".join(lines)
 
 
-def submit(client, spec: JobSpec) -> str:
+def submit(client, spec: JobSpec, agent_wait_s: float = AGENT_WAIT_S) -> str:
     """Submit; raises JobExists when the id is taken (so retried submits are idempotent)."""
-    try:
-        return client.submit_job(entrypoint=spec.entrypoint, submission_id=spec.submission_id,
-                                 runtime_env=spec.runtime_env(), metadata=spec.metadata)
-    except RuntimeError as err:
-        if "already exists" in str(err):
-            raise JobExists(spec.submission_id) from None
-        raise
-
-
-def job_status(client, submission_id: str) -> str | None:
-    """PENDING/RUNNING/SUCCEEDED/FAILED/STOPPED, or None when the cluster does not know the id."""
-    try:
-        return str(client.get_job_status(submission_id).value)
-    except RuntimeError as err:
-        if "404" in str(err) or "does not exist" in str(err) or "not found" in str(err).lower():
-            return None
-        raise
-
-
-def job_info(client, submission_id: str):
-    try:
-        return client.get_job_info(submission_id)
-    except RuntimeError as err:
-        if "404" in str(err) or "does not exist" in str(err) or "not found" in str(err).lower():
-            raise UserError(f"job {submission_id}: no such job on this cluster") from None
-        raise
-
-
-def follow_logs(client, submission_id: str, out=None) -> None:
-    """Stream the job's log until it ends (the tail closes when the job reaches a terminal state)."""
-
-    out = out or sys.stdout
-
-    async def tail():
-        async for chunk in client.tail_job_logs(submission_id):
-            out.write(chunk)
-            out.flush()
-
-    asyncio.run(tail())
-
-
-def wait_terminal(client, submission_id: str, timeout_s: float = 3600.0, poll_s: float = 1.0) -> str:
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + agent_wait_s
     while True:
-        status = job_status(client, submission_id)
-        if status in TERMINAL or time.monotonic() > deadline:
-            return status or "UNKNOWN"
-        time.sleep(poll_s)
+        try:
+            return client.submit_job(entrypoint=spec.entrypoint, submission_id=spec.submission_id,
+                                     runtime_env=spec.runtime_env(), metadata=spec.metadata)
+        except RuntimeError as err:
+            if "already exists" in str(err):
+                raise JobExists(spec.submission_id) from None
+            # A head that has just started answers before its job agent is up, and says to retry.
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def outcome_line(client, submission_id: str, status: str) -> str:
@@ -225,5 +194,5 @@ def outcome_line(client, submission_id: str, status: str) -> str:
         message = (job_info(client, submission_id).message or "").strip().splitlines()
     except (UserError, RuntimeError):
         message = []
-    detail = f": {message[0][:300]}" if message else ""
+    detail = f": {redact_text(message[0][:300])}" if message else ""
     return f"job {submission_id} {status}{detail}"

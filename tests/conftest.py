@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster on loopback only
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -39,8 +39,33 @@ for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_CON
 _RAY: dict = {}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ray_auth_token(tmp_path_factory) -> Path:
+    """Ray's default, token authentication, stays on for every Ray the tests start. The session
+    has its own token in a file named by RAY_AUTH_TOKEN_PATH (Ray's variable), so no test reads or
+    writes the user's ~/.ray/auth_token, and every process started later (job drivers, CLI
+    subprocesses, a driver's own local Ray) finds it. Only a test about auth being absent sets
+    RAY_AUTH_MODE=disabled, in its own subprocess's environment."""
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    path = tmp_path_factory.mktemp("ray-auth") / "auth_token"
+    path.write_text(generate_new_authentication_token())
+    path.chmod(0o600)
+    saved = {k: os.environ.pop(k, None) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    yield path
+    for key, value in saved.items():
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value
+
+
+def auth_header(token_file: Path) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+
+
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(ray_auth_token):
     """One real local Ray for the session, on 2 CPUs like the CI machine, with its dashboard
     (and so the job server) on a free loopback port. Job drivers inherit this environment, so
     `python` there must be this virtualenv's."""
@@ -49,12 +74,18 @@ def ray_local():
 
     os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ.pop("RAY_ADDRESS", None)
+    # A temp dir of its own, naming this cluster as its current one: the job server points each
+    # job's driver at the "current" cluster of its temp dir, and in the shared /tmp/ray that is
+    # whichever cluster another `ray start` on this machine registered last.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
     ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
-                   logging_level="ERROR", log_to_driver=False)
+                   logging_level="ERROR", log_to_driver=False, _temp_dir=temp_dir)
+    ray._private.utils.write_ray_address(ctx.address_info["gcs_address"], temp_dir)
     _RAY.update(dashboard_url=ctx.dashboard_url, session_dir=ctx.address_info["session_dir"])
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +145,7 @@ def s3_bucket(s3_server) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_head(ray_local) -> str:
+def ray_head(ray_local, ray_auth_token) -> str:
     """The Ray Jobs API server (the dashboard) of the session's local Ray, on loopback: jobs
     submitted here run as they would on a cluster, in their own driver process with the
     project as working_dir. One cluster for the whole session rather than a second `ray start`
@@ -123,7 +154,8 @@ def ray_head(ray_local) -> str:
     deadline = time.monotonic() + 120
     while True:
         try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=5).read()
+            request = urllib.request.Request(f"{address}/api/version", headers=auth_header(ray_auth_token))
+            urllib.request.urlopen(request, timeout=5).read()
             return address
         except OSError as err:
             if time.monotonic() > deadline:

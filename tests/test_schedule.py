@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import yaml
 
+from jobs import cluster
 from jobs import schedule as sch
-from jobs.schedule_state import load_state, read_metric, save_state
+from jobs.schedule_state import load_state, locked, read_metric, save_state
+from jobs.schedule_state import tick as tick_in_process
+from netfault import FaultyProxy
 from pipelines.errors import UserError
 
 UTC = dt.timezone.utc
@@ -40,6 +46,14 @@ def test_an_unconfirmed_submit_is_resubmitted_with_the_same_id():
     rec = d.submits[0]  # state saved as SUBMITTING, then the scheduler died before submitting
     again = sch.decide(nightly(), d.state, T0 + dt.timedelta(minutes=1), {rec.submission_id: None})
     assert [r.submission_id for r in again.submits] == [rec.submission_id]
+
+
+def test_an_unconfirmed_submit_from_an_older_slot_gives_way_to_the_newest_slot():
+    d = sch.decide(nightly(), sch.ScheduleState(), T0, {})
+    rec = d.submits[0]  # never confirmed: the cluster was unreachable until the next day
+    later = sch.decide(nightly(), d.state, T0 + dt.timedelta(days=1, minutes=1), {rec.submission_id: None})
+    assert [r.slot for r in later.submits] == [sch.iso(T0 + dt.timedelta(days=1))]
+    assert later.state.jobs[0].status == "SUPERSEDED" and rec.submission_id not in [r.submission_id for r in later.submits]
 
 
 def test_missed_slots_run_once_catch_up():
@@ -179,3 +193,112 @@ def test_tick_processes_submit_each_slot_once(ray_head, png_source, tmp_path):  
     while client.get_job_status(ours[0].submission_id).value not in ("SUCCEEDED", "FAILED", "STOPPED"):
         assert time.monotonic() < deadline
         time.sleep(1)
+
+
+def ingest_schedule(tmp_path, name, address, src, **extra) -> list[sch.Schedule]:
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(yaml.safe_dump({"schedules": [{
+        "name": name, "cron": "*/10 * * * *",
+        "job": {"command": "ingest", "address": address,
+                "args": [str(src), str(tmp_path / f"{name}-ds"), "--resize", "72", "--format", "png"]}, **extra}]}))
+    return sch.load_schedules(f)
+
+
+def schedule_jobs(ray_head, name) -> list:
+    client = cluster.connect(ray_head)
+    return [j for j in client.list_jobs() if (j.metadata or {}).get("schedule") == name]
+
+
+def stop_all(ray_head, jobs) -> None:
+    """Stop the test's jobs rather than wait for them: they share the session's 2 CPUs."""
+    client, deadline = cluster.connect(ray_head), time.monotonic() + 180
+    for j in jobs:
+        client.stop_job(j.submission_id)
+    while any(cluster.job_status(client, j.submission_id) not in cluster.TERMINAL for j in jobs):
+        assert time.monotonic() < deadline, "scheduled job did not end"
+        time.sleep(1)
+
+
+def test_a_submit_whose_answer_is_lost_is_neither_doubled_nor_skipped(ray_head, png_source, tmp_path):
+    """The submit reaches the cluster, the answer is lost on the way back: the slot's job runs once,
+    and the record follows it, even with a retry backoff of a second."""
+    proxy = FaultyProxy(ray_head)
+    schedules = ingest_schedule(tmp_path, "lostanswer", proxy.url, png_source, retry_backoff_s=1, max_retries=2)
+    state = tmp_path / "lostanswer.state.json"
+    proxy.lose_answers = b"POST /api/jobs/ "
+    try:
+        first = tick_in_process(schedules, state, T0 + dt.timedelta(minutes=3))
+        assert any("not confirmed" in line for line in first), first
+        assert load_state(state)["lostanswer"].jobs[0].status == "SUBMITTING"
+        proxy.lose_answers = None
+        for minutes in (4, 5, 6):
+            tick_in_process(schedules, state, T0 + dt.timedelta(minutes=minutes))
+    finally:
+        proxy.close()
+    jobs = schedule_jobs(ray_head, "lostanswer")
+    try:
+        assert [j.submission_id for j in jobs] == ["alexnet-sched-lostanswer-20260105T0200Z-a1"]
+        st = load_state(state)["lostanswer"]
+        assert [r.submission_id for r in st.jobs] == [jobs[0].submission_id]
+        assert st.jobs[0].status in ("PENDING", "RUNNING", "SUCCEEDED") and st.last_error == ""
+    finally:
+        stop_all(ray_head, jobs)
+
+
+def test_schedule_run_survives_a_dropped_connection_and_records_it(ray_head, tmp_path):
+    """Every status request loses its connection: `schedule run` logs each failed tick, records it
+    in the state, keeps the slot and the job as they were, and keeps ticking."""
+    proxy = FaultyProxy(ray_head)
+    proxy.drop_requests = b"GET /api/jobs/"
+    f = tmp_path / "drop.yaml"
+    job = {"command": "ingest", "address": proxy.url, "args": ["a", "b"]}
+    f.write_text(yaml.safe_dump({"schedules": [{"name": "drop", "cron": "0 2 * * *", "job": job}]}))
+    rec = sch.JobRecord("alexnet-sched-drop-20260105T0200Z-a1", sch.iso(T0), 1, "PENDING", "cron slot", "schedule",
+                        sch.iso(T0))
+    save_state(tmp_path / "drop.state.json", {"drop": sch.ScheduleState(last_slot=sch.iso(T0), jobs=[rec])})
+    loop = subprocess.Popen([sys.executable, "-m", "jobs.cli", "schedule", "run", "--file", str(f), "--interval", "1",
+                             "--now", "2026-01-05T02:30:00+00:00"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    failed = []
+    try:
+        deadline = time.monotonic() + 240
+        while len(failed) < 3:
+            line = loop.stdout.readline()
+            assert line, f"schedule run ended: {loop.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "schedule run went quiet"
+            if "cluster not reached" in line:
+                failed.append(line)
+        assert loop.poll() is None
+    finally:
+        loop.send_signal(signal.SIGINT)
+        rc = loop.wait(timeout=60)
+        proxy.close()
+    assert rc == 130
+    st = load_state(tmp_path / "drop.state.json")["drop"]
+    assert "cannot reach" in st.last_error and st.last_slot == sch.iso(T0)
+    assert [(r.submission_id, r.status) for r in st.jobs] == [(rec.submission_id, "PENDING")]
+
+
+def test_a_hung_head_holds_neither_a_tick_nor_the_lock(ray_head, tmp_path):
+    """A head that accepts connections and never answers: the tick gives up after the request
+    timeout and records why; a second tick meanwhile does not queue behind the lock."""
+    proxy = FaultyProxy(ray_head)
+    proxy.hang()
+    schedules = ingest_schedule(tmp_path, "hung", proxy.url, tmp_path / "src")
+    state = tmp_path / "hung.state.json"
+    out: dict = {}
+    worker = threading.Thread(target=lambda: out.update(lines=tick_in_process(
+        schedules, state, T0, connect=lambda address: cluster.connect(address, timeout_s=3))), daemon=True)
+    try:
+        worker.start()
+        worker.join(timeout=120)
+        assert not worker.is_alive(), "the tick hung with the head"
+    finally:
+        proxy.close()
+    assert any("did not answer within 3 s" in line for line in out["lines"]), out
+    st = load_state(state)["hung"]
+    assert "did not answer" in st.last_error and st.last_slot is None and st.jobs == []
+    with locked(state):  # another tick holds the state: this one returns instead of waiting its turn
+        started = time.monotonic()
+        lines = tick_in_process(schedules, state, T0)
+    assert any("held by another tick" in line for line in lines) and time.monotonic() - started < 60

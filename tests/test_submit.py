@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from jobs import cluster
 from jobs import submit as js
 from jobs.cli import main
 from conftest import free_port
+from netfault import FaultyProxy
 from pipelines.errors import UserError
+
 
 def test_no_address_and_no_ray_address_is_an_error(monkeypatch, capsys):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -82,7 +88,7 @@ def test_stop_stops_a_running_job(ray_head, capsys):
     client = JobSubmissionClient(ray_head)
     sid = client.submit_job(entrypoint="python -c 'import time; time.sleep(300)'")
     deadline = time.monotonic() + 60
-    while js.job_status(client, sid) != "RUNNING":
+    while cluster.job_status(client, sid) != "RUNNING":
         assert time.monotonic() < deadline, "job never started"
         time.sleep(0.5)
     assert main(["jobs", "stop", sid, "--address", ray_head]) == 0
@@ -111,3 +117,84 @@ def test_train_job_logs_an_mlflow_run_with_its_run_name(ray_head, png_source, tm
     assert len(runs) == 1
     tags = runs[0].data.tags
     assert tags["trigger"] == "manual" and tags["origin"] == "test" and tags.get("ray.job_submission_id", "").startswith("alexnet-train-")
+
+
+RAY_WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+")
+
+
+def _submit_printer(ray_head, lines: int, every_s: float) -> str:
+    """A plain job that prints `line 0` .. `line N-1`, one every `every_s` seconds."""
+    from ray.job_submission import JobSubmissionClient
+
+    code = f"import time\nfor i in range({lines}):\n    print(f'line {{i}}', flush=True)\n    time.sleep({every_s})"
+    return JobSubmissionClient(ray_head).submit_job(entrypoint=f"python -c {shlex.quote(code)}")
+
+
+def test_following_a_job_survives_a_dropped_connection(ray_head, capsys):
+    """The log stream and the status polls lose their connection mid-job for a few seconds: the
+    follow goes on to the job's real end, and every line of the log is written exactly once."""
+    proxy = FaultyProxy(ray_head)
+    sid = _submit_printer(ray_head, lines=30, every_s=0.4)
+
+    def drop_mid_stream():
+        deadline = time.monotonic() + 120
+        while not any(b"/logs/tail" in r for r in proxy.requests) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)
+        proxy.cut()
+        time.sleep(5)
+        proxy.restore()
+
+    cutter = threading.Thread(target=drop_mid_stream, daemon=True)
+    cutter.start()
+    try:
+        rc = main(["jobs", "logs", sid, "--follow", "--address", proxy.url])
+    finally:
+        cutter.join(timeout=130)
+        proxy.close()
+    captured = capsys.readouterr()
+    printed = [line for line in captured.out.splitlines() if line.startswith("line ")]
+    assert rc == 0, captured.err
+    assert printed == [f"line {i}" for i in range(30)], captured.out[-2000:]
+    assert "lost contact" in captured.err
+    client = cluster.connect(ray_head)
+    assert cluster.job_status(client, sid) == "SUCCEEDED"
+
+
+def test_submit_gives_the_driver_time_to_end_its_runs_when_stopped():
+    spec = js.build_spec("ingest", ["/src", "/dest"], environ={})
+    assert int(spec.runtime_env()["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"]) >= 30
+    own = js.build_spec("ingest", ["/src", "/dest"], env={"RAY_JOB_STOP_WAIT_TIME_S": "5"}, environ={})
+    assert own.runtime_env()["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "5"  # the user's choice wins
+
+
+@pytest.mark.slow
+def test_a_stopped_training_job_ends_its_mlflow_run_killed_quietly(ray_head, shapes_dataset, tmp_path, capsys):
+    """`alexnet jobs stop` on a real training job: its MLflow run ends KILLED (not FAILED) and its
+    log holds one line saying so, not Ray's SIGTERM stack dump."""
+    from mlflow.tracking import MlflowClient
+
+    from alexnet import checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_name, sid = f"stopped-{os.getpid()}", f"test-stop-train-{os.getpid()}"
+    assert main(["submit", "train", "--address", ray_head, "--recipe", "smoke", "--run-name", run_name,
+                 "--submission-id", sid, "--", "--data", str(shapes_dataset), "--set", "optim.epochs=200",
+                 "--set", "optim.batch_size=16", "--tracking-uri", uri, "--workdir", str(tmp_path / "work")]) == 0
+    client = cluster.connect(ray_head)
+    deadline = time.monotonic() + 600
+    while not checkpoint.find_latest(str(tmp_path / "work" / "runs"), run_name):  # an epoch is done: mid-fit
+        assert cluster.job_status(client, sid) not in cluster.TERMINAL, client.get_job_logs(sid)[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 600 s"
+        time.sleep(2)
+    capsys.readouterr()
+    assert main(["jobs", "stop", sid, "--address", ray_head]) == 0
+    assert "STOPPED" in capsys.readouterr().out
+    mlflow = MlflowClient(uri)
+    [run] = mlflow.search_runs([e.experiment_id for e in mlflow.search_experiments()],
+                               filter_string=f"attributes.run_name = '{run_name}'")
+    assert run.info.status == "KILLED" and "train/loss" in run.data.metrics
+    # The driver's own lines; Ray prefixes its workers' lines with "(ActorName pid=N)".
+    driver = [line for line in client.get_job_logs(sid).splitlines() if not RAY_WORKER_LINE.match(line)]
+    assert "alexnet train: interrupted" in driver
+    assert not [line for line in driver if "Traceback" in line or "SIGTERM" in line], "\n".join(driver[-60:])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-DEMO_CLASSES_PER = 200  # images per class; 6 classes
+DEMO_CLASSES_PER = 250  # images per class; 6 classes
 
 
 def add_parser(sub) -> None:

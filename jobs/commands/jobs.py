@@ -1,7 +1,9 @@
 """`alexnet jobs list|status ID|logs ID [--follow]|stop ID`: the jobs on a Ray cluster.
 
-The address is --address, else $RAY_ADDRESS. `status` exits with the job's outcome code
-(SUCCEEDED 0, FAILED 1, STOPPED 3, still PENDING/RUNNING 0); `stop` waits until the job is STOPPED.
+The address is --address, else $RAY_ADDRESS; a token-authenticated cluster gets Ray's token
+(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token). `status` exits with the job's outcome
+code (SUCCEEDED 0, FAILED 1, STOPPED 3, still PENDING/RUNNING 0); `stop` waits until the job is
+STOPPED. Entrypoints are printed with credentials masked.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+
+STOP_WAIT_S = 90.0  # a stopped driver gets RAY_JOB_STOP_WAIT_TIME_S (30 s) to end its runs, then SIGKILL
 
 
 def add_parser(sub) -> None:
@@ -31,37 +35,40 @@ def _when(ms) -> str:
 
 
 def run(args) -> int:
+    from alexnet.redaction import redact, redact_text
+    from jobs import cluster
     from jobs import submit as js
     from pipelines.errors import UserError
 
-    client = js.connect(args.address)
+    client = cluster.connect(args.address)
     if args.action == "list":
         jobs = sorted(client.list_jobs(), key=lambda j: j.start_time or 0, reverse=True)
         for j in jobs:
             ident = j.submission_id or j.job_id
-            print(f"{ident:<48} {str(j.status.value):<10} {_when(j.start_time)}  {(j.entrypoint or '')[:80]}")
+            print(f"{ident:<48} {str(j.status.value):<10} {_when(j.start_time)}  "
+                  f"{redact_text(j.entrypoint or '')[:80]}")
         if not jobs:
             print("no jobs")
         return 0
-    info = js.job_info(client, args.id)
+    info = cluster.job_info(client, args.id)
     if args.action == "status":
         status = str(info.status.value)
         print(f"{args.id}: {status}  started {_when(info.start_time)}  ended {_when(info.end_time)}")
         if info.message:
-            print(f"  message: {info.message.strip().splitlines()[0][:300]}")
-        print(f"  entrypoint: {info.entrypoint}")
+            print(f"  message: {redact_text(info.message.strip().splitlines()[0][:300])}")
+        print(f"  entrypoint: {redact_text(info.entrypoint or '')}")
         for key, value in sorted((info.metadata or {}).items()):
-            print(f"  {key}: {value}")
+            print(f"  {key}: {redact(key, value)}")
         return js.EXIT_CODES.get(status, 0)
     if args.action == "logs":
         if args.follow:
-            js.follow_logs(client, args.id)
+            cluster.follow(client, args.id)
         else:
             sys.stdout.write(client.get_job_logs(args.id))
         return 0
-    if str(info.status.value) in js.TERMINAL:
+    if str(info.status.value) in cluster.TERMINAL:
         raise UserError(f"job {args.id}: already {info.status.value}, nothing to stop")
     client.stop_job(args.id)
-    status = js.wait_terminal(client, args.id, timeout_s=60)
+    status = cluster.wait_terminal(client, args.id, timeout_s=STOP_WAIT_S)
     print(js.outcome_line(client, args.id, status))
     return 0 if status == "STOPPED" else 1

@@ -3,14 +3,17 @@
 `tick` handles what is due now once and exits (for cron or a Kubernetes CronJob); `run` ticks in a
 loop until Ctrl-C; `status` prints each schedule's next run, last slot and outcome. State lives in
 --state (default: SCHEDULES.state.json next to the file); a missed slot runs once when the
-scheduler is back (the most recent one only).
+scheduler is back (the most recent one only). A cluster that does not answer, or refuses the
+token, is recorded in the state and tried again at the next tick; `run` keeps going.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 import time
+import traceback
 from pathlib import Path
 
 
@@ -59,6 +62,13 @@ def run(args) -> int:
             schedules = load_schedules(args.file)
         except UserError as err:
             print(f"schedule file not reloaded: {err}", flush=True)
-        for line in tick(schedules, state, _now(args.now)):
+        try:
+            lines = tick(schedules, state, _now(args.now))
+        except UserError as err:  # e.g. an unreadable state file: said each tick until fixed
+            lines = [f"tick failed: {err}"]
+        except Exception:  # a bug: its traceback, and the loop goes on (the next tick retries)
+            traceback.print_exc(file=sys.stderr)
+            lines = ["tick failed with the error above; the next tick tries again"]
+        for line in lines:
             print(f"{dt.datetime.now():%Y-%m-%d %H:%M:%S} {line}", flush=True)
         time.sleep(args.interval)

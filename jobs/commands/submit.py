@@ -3,8 +3,10 @@
 ARGS after `--` go to `python -m jobs.cli COMMAND` unchanged, e.g.
   alexnet submit train --address http://HEAD:8265 --recipe smoke --wait -- --data /mnt/data/shapes
 The project directory is uploaded as the job's working_dir; MLFLOW_* and AWS_* variables set here
-travel in the job's runtime env (secrets shown as ***). With --wait the log streams here and the
-exit code is the job's: SUCCEEDED 0, FAILED 1, STOPPED 3.
+travel in the job's runtime env (secrets shown as ***), and so does a --tracking-uri holding
+credentials. A token-authenticated cluster gets Ray's token: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH
+or ~/.ray/auth_token. With --wait the log streams here until the job ends, however long it runs
+and across dropped connections, and the exit code is the job's: SUCCEEDED 0, FAILED 1, STOPPED 3.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _options(p) -> None:
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment variable for the job (repeatable)")
     p.add_argument("--pip", action="append", default=[], metavar="REQ", help="extra pip requirement for this job (repeatable)")
     p.add_argument("--submission-id", help="job id (default: alexnet-COMMAND-RUNNAME-<hash>); an existing id is refused")
-    p.add_argument("--wait", action="store_true", help="stream the log and exit with the job's outcome")
+    p.add_argument("--wait", action="store_true", help="stream the log until the job ends; exit with its outcome")
 
 
 def add_parser(sub) -> None:
@@ -55,6 +57,7 @@ def split_rest(args) -> list[str]:
 
 
 def run(args) -> int:
+    from jobs import cluster
     from jobs import submit as js
     from pipelines.errors import UserError
 
@@ -62,17 +65,19 @@ def run(args) -> int:
     spec = js.build_spec(args.job, rest, recipe=args.recipe, run_name=args.run_name, trigger=args.trigger,
                          tags=parse_pairs(args.tag, "--tag"), env=parse_pairs(args.env, "--env"), pip=args.pip,
                          submission_id=args.submission_id)
-    client = js.connect(args.address)
-    print(js.describe(spec, js.resolve_address(args.address)), flush=True)
+    client = cluster.connect(args.address)
+    print(js.describe(spec, cluster.resolve_address(args.address)), flush=True)
     try:
         job_id = js.submit(client, spec)
     except js.JobExists:
         raise UserError(f"--submission-id {spec.submission_id}: a job with this id already exists") from None
+    except cluster.Unreachable as err:  # the request may have landed before the answer was lost
+        raise cluster.Unreachable(f"{err}; the job may have been submitted: alexnet jobs status "
+                                  f"{spec.submission_id}") from None
     print(f"submitted {job_id}; follow with: alexnet jobs logs {job_id} --follow", flush=True)
     if not args.wait:
         return 0
-    js.follow_logs(client, job_id)
-    status = js.wait_terminal(client, job_id)
+    status = cluster.follow(client, job_id)
     line = js.outcome_line(client, job_id, status)
     print(line, file=sys.stderr if status != "SUCCEEDED" else sys.stdout)
     return js.EXIT_CODES.get(status, 1)

@@ -33,8 +33,8 @@ def run(args) -> int:
     import signal
     import subprocess
 
-    from alexnet.tracking import redact
-    from jobs.runtime import existing_store
+    from alexnet.redaction import redact
+    from jobs.runtime import existing_store, sigterm_as_interrupt
     from pipelines.errors import UserError
 
     tracking_uri = existing_store(args)
@@ -45,20 +45,14 @@ def run(args) -> int:
         raise UserError(f"--port {args.port}: expected 1-65535")
     print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {tracking_uri}; Ctrl-C stops it)", flush=True)
     # Its own process group: the server's workers are stopped with it, Ctrl-C or SIGTERM alike.
-    proc = subprocess.Popen(ui_command(tracking_uri, args.port), start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
+    with sigterm_as_interrupt():
+        proc = subprocess.Popen(ui_command(tracking_uri, args.port), start_new_session=True)
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _sigterm_as_interrupt(signum, frame):
-    raise KeyboardInterrupt
+            return proc.wait()
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise
