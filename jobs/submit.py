@@ -22,7 +22,7 @@ from pathlib import Path
 
 from alexnet.provenance import COMMIT_ENV, git_commit
 from alexnet.redaction import is_secret, redact, redact_env, redact_text
-from jobs.cluster import TERMINAL, job_info
+from jobs.cluster import job_info
 from pipelines.errors import UserError
 
 COMMANDS = ("train", "ingest", "predict", "evaluate")
@@ -35,7 +35,8 @@ EXCLUDES = [".venv", "venv", ".git", "alexnet-work", "mlruns", "mlartifacts", "*
 # Copied from the submitter's environment when set (printed through alexnet.redaction).
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_S3_ENDPOINT_URL",
                  "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_REGION",
-                 "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+                 "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")  # an S3-compatible store is reached as S3 is
 # Ray's job supervisor SIGKILLs a stopped job's driver after RAY_JOB_STOP_WAIT_TIME_S (default 3 s);
 # the driver needs longer to mark its MLflow run KILLED over HTTP and shut its Ray session down.
 STOP_GRACE_ENV = {"RAY_JOB_STOP_WAIT_TIME_S": "30"}
