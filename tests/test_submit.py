@@ -34,13 +34,14 @@ def test_unreachable_address_is_one_clear_line(capsys):
 
 def test_spec_carries_env_and_run_identity_but_prints_secrets_redacted():
     environ = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_PASSWORD": "hunter2",
-               "AWS_SECRET_ACCESS_KEY": "s3cr3t", "UNRELATED": "x"}
+               "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_ENDPOINT_URL": "http://minio:9000", "UNRELATED": "x"}
     spec = js.build_spec("train", ["--data", "/d"], recipe="smoke", run_name="nightly-1", trigger="schedule",
                          tags={"schedule": "nightly"}, environ=environ)
     assert spec.entrypoint.startswith("python -m jobs.cli train --recipe smoke --data /d --run-name nightly-1")
     assert "--trigger schedule --tag schedule=nightly" in spec.entrypoint
     env = spec.runtime_env()["env_vars"]
     assert env["MLFLOW_TRACKING_PASSWORD"] == "hunter2" and "UNRELATED" not in env
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"  # an S3-compatible store, reached as the submitter does
     assert env["RAY_JOB_SUBMISSION_ID"] == spec.submission_id and spec.submission_id.startswith("alexnet-train-nightly-1-")
     text = js.describe(spec, "http://h:8265")
     assert "hunter2" not in text and "s3cr3t" not in text and "MLFLOW_TRACKING_PASSWORD=***" in text
