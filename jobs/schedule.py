@@ -155,6 +155,9 @@ def parse_schedule(raw: dict, where: str) -> Schedule:
     args = job.get("args", [])
     if not isinstance(args, list):
         raise UserError(f"{where}: job.args must be a list of strings")
+    if command == "train" and not job.get("recipe") and "--recipe" not in map(str, args):
+        raise UserError(f"{where}: a train job needs job.recipe (a shipped recipe such as paper or torchvision, "
+                        "or a YAML file under the project directory)")
     env = job.get("env", {})
     if not isinstance(env, dict):
         raise UserError(f"{where}: job.env must be a mapping")

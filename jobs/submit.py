@@ -141,6 +141,9 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
         raise UserError(f"submit {command!r}: expected one of {', '.join(COMMANDS)}")
     args, credential_env = credentials_to_env(command, list(args))
     if command == "train":
+        if not recipe and "--recipe" not in args:
+            raise UserError("submit train: --recipe is required (a shipped recipe such as paper or torchvision, "
+                            "or a YAML file under the project directory)")
         run_name = run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
         args = (["--recipe", recipe_arg(recipe)] if recipe else []) + args
         args += ["--run-name", run_name, "--trigger", trigger or "manual"]

@@ -110,7 +110,7 @@ def test_evaluate_prints_eval_line_and_logs_an_evaluation_run(trained, capsys):
     from jobs import schedule as sch
     from jobs.schedule_state import read_metric
 
-    schedule = sch.parse_schedule({"name": "drift", "cron": "0 6 * * *", "job": {"command": "train", "data": "/d"},
+    schedule = sch.parse_schedule({"name": "drift", "cron": "0 6 * * *", "job": {"command": "train", "recipe": "paper", "data": "/d"},
                                    "trigger": {"kind": "metric-below", "metric_file": str(metric_file),
                                                "metric": "val/top1", "threshold": 2.0}}, "test")
     value, why = read_metric(schedule, sch.ScheduleState())

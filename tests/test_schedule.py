@@ -143,6 +143,7 @@ def test_metric_below_reads_a_fresh_metric_file(tmp_path):
     ({"name": "n4", "cron": "0 2 * * *", "trigger": {"kind": "sometimes"}}, ["n4", "sometimes"]),
     ({"name": "n5", "cron": "0 2 * * *", "trigger": {"kind": "new-images", "min_new": 3}, "job": {"data": "/d"}}, ["n5", "min_new"]),
     ({"name": "n6", "cron": "0 2 * * *", "job": {"command": "deploy"}}, ["n6", "job.command"]),
+    ({"name": "n7", "cron": "0 2 * * *", "job": {"command": "train", "data": "/d"}}, ["n7", "job.recipe"]),
 ])
 def test_bad_schedule_files_name_the_schedule_and_key(tmp_path, bad, words):
     import yaml

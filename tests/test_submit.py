@@ -49,6 +49,12 @@ def test_spec_carries_env_and_run_identity_but_prints_secrets_redacted():
     assert ".venv" in spec.runtime_env()["excludes"] and Path(spec.runtime_env()["working_dir"], "jobs").is_dir()
 
 
+def test_a_train_job_without_a_recipe_is_refused_before_submitting():
+    with pytest.raises(UserError, match="--recipe is required"):
+        js.build_spec("train", ["--data", "/d"])
+    assert "--recipe paper" in js.build_spec("train", ["--recipe", "paper", "--data", "/d"]).entrypoint
+
+
 def test_train_only_options_and_outside_recipes_are_refused(tmp_path):
     with pytest.raises(UserError, match="train only"):
         js.build_spec("ingest", ["a", "b"], run_name="x")
