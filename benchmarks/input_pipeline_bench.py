@@ -120,15 +120,17 @@ def single_process_costs(info, crop: int, limit: int = 1500) -> dict:
 
 
 def _ray_cpu_seconds() -> float:
-    """CPU seconds used so far by this machine's Ray worker processes (`ray::...`)."""
+    """CPU seconds used so far by this Ray session's worker processes (the raylet's children: the
+    Ray Data tasks and actors), not other Ray clusters on the machine."""
     import psutil
+    import ray
 
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
     total = 0.0
-    for p in psutil.process_iter(["name", "cmdline"]):
+    for p in psutil.Process(raylet).children(recursive=True):
         try:
-            if (p.info["name"] or "").startswith("ray::") or " ray::" in " ".join(p.info["cmdline"] or []):
-                times = p.cpu_times()
-                total += times.user + times.system
+            times = p.cpu_times()
+            total += times.user + times.system
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total

@@ -27,6 +27,18 @@ an epoch's M is seen once; an epoch's batches are the stream's next K, so a few 
 images (those in flight and in the local shuffle buffer at the boundary) land in the neighbouring
 epoch, augmented as their own epoch says.
 
+Where the bytes go, per node: every map task reads its own unit straight from storage (local disk,
+NFS or s3://: nothing funnels through the driver, which reads only the Parquet footers), and Ray
+Data spreads the tasks over the nodes. Memory a node holds for the training stream, at most:
+- per running map task (one per CPU that Ray Data is given): one Parquet row group (ingest writes
+  them at ~32 MB) plus `batch_rows` output images (128 x 224 x 224 x 3 B = 19 MB) on top of the
+  worker process itself (~0.5 GB resident once torch is imported);
+- Ray Data's output buffers in the object store, bounded by its streaming executor's object-store
+  budget (a share of the node's object store, itself 30% of its RAM by default): a consumer that
+  pauses (validation, a checkpoint) backpressures the tasks instead of growing the buffers;
+- per train worker: its local shuffle buffer (`data.shuffle_buffer` images, 1024 x 150 KB = 154 MB
+  at 224 px) and the prefetched batches (alexnet.worker.PREFETCH_BATCHES x the batch).
+
 Seeded augmentation is a pure function of (seed, epoch, image id): each task knows the epoch of
 its unit from the unit's position in the stream, offset by the epoch the stream starts at. That
 start is read from a `StartEpoch` (a tiny actor) when the stream's first tasks run, so a worker
