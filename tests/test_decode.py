@@ -93,7 +93,7 @@ def test_raw_pixels_need_their_shape():
         decode_stored(src.tobytes(), height=11, width=12)
 
 
-def _png_header_only(width: int, height: int) -> bytes:
+def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height; a decompression bomb needs no more to be opened."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
@@ -101,10 +101,12 @@ def _png_header_only(width: int, height: int) -> bytes:
             + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
 
 
+@pytest.mark.fault("image over the pixel limit (PNG header, JPEG frame header, nvJPEG batch)", inputs=3,
+                   outcome="ImageDecodeError 'too large' before any pixel is decoded; an image under the limit decodes")
 def test_images_over_the_pixel_limit_are_refused_before_decoding(monkeypatch):
     monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 100 * 100)
     with pytest.raises(ImageDecodeError, match="too large: 200x100 px"):
-        open_source(_png_header_only(200, 100))
+        open_source(png_header_only(200, 100))
     big_jpeg = _encode(_picture(120, 100), "JPEG")
     assert jpeg_size(big_jpeg) == (100, 120)
     for call in (lambda: decode_stored(big_jpeg), lambda: decode.decode_jpeg_batch([big_jpeg], "cpu")):
@@ -113,10 +115,12 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(monkeypatch):
     assert decode_stored(_encode(_picture(50, 60), "JPEG")).shape == (3, 50, 60)  # under the limit
 
 
+@pytest.mark.fault("decompression bomb: a 40000 x 40000 PNG header (4.8 GB decoded)", inputs=1,
+                   outcome="refused as 'too large' from its header; nothing allocated")
 def test_the_default_limit_refuses_a_real_bomb_without_allocating_it():
     """A 40000 x 40000 PNG (4.8 GB of RGB once decoded) from a header of a few dozen bytes."""
     with pytest.raises(ImageDecodeError, match="too large"):
-        source_array(_png_header_only(40000, 40000))
+        source_array(png_header_only(40000, 40000))
 
 
 def test_gpu_decode_falls_back_to_cpu_with_one_warning(caplog, monkeypatch):

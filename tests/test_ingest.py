@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tests.test_decode import png_header_only
 from pipelines.dataset import SCHEMA, load_info, open_dataset
 from pipelines.errors import UserError
 from pipelines.ingest import IngestOptions, ingest, split_for
@@ -210,6 +211,7 @@ def _bad_tree(tmp_path: Path) -> Path:
     (src / "cat" / "text.png").write_text("this is not a png")
     _noise(20, 12, 5).save(src / "dog" / "tiny.png")
     (src / "dog" / "notes.txt").write_text("x")
+    (src / "dog" / "bomb.png").write_bytes(png_header_only(40000, 40000))  # 4.8 GB once decoded
     # Unreadable even for root (tests run as root, so chmod 000 would not do): a dangling
     # symlink, a FIFO (reading it would block: it must be refused unread), a directory named x.jpg.
     (src / "dog" / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
@@ -219,6 +221,9 @@ def _bad_tree(tmp_path: Path) -> Path:
     return src
 
 
+@pytest.mark.fault("bad source files: truncated, empty, not an image, too small, decompression bomb, wrong "
+                   "extension, dangling symlink, FIFO, directory named .jpg, empty class folder", inputs=10,
+                   outcome="each reported in rejects.csv with its reason; the 6 good images ingested; nothing dropped silently")
 def test_bad_files_are_rejected_with_reasons_and_the_run_finishes(ray_local, tmp_path):
     src = _bad_tree(tmp_path)
     s = ingest(src, tmp_path / "ds", OPTS)
@@ -229,12 +234,13 @@ def test_bad_files_are_rejected_with_reasons_and_the_run_finishes(ray_local, tmp
     assert reasons["empty.jpg"].startswith("empty file")
     assert reasons["text.png"].startswith("not an image")
     assert reasons["tiny.png"].startswith("too small: 20x12")
+    assert reasons["bomb.png"].startswith("too large")
     assert reasons["notes.txt"].startswith("not an image extension")
     assert reasons["dangling.jpg"].startswith("unreadable")
     assert reasons["fifo.jpg"].startswith("unreadable: not a regular file")
     assert reasons["dir.jpg"] == "unreadable: is a directory"
     assert reasons["empty-class"].startswith("empty class folder")
-    assert len(reasons) == len(s.rejects) == 9
+    assert len(reasons) == len(s.rejects) == 10
     assert s.rejects_by_kind["unreadable"] == 3
     info = open_dataset(tmp_path / "ds")
     assert info.classes == ["cat", "dog", "empty-class"] and info.num_images == 6

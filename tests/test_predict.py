@@ -12,6 +12,7 @@ import pytest
 from jobs.cli import main
 from pipelines.dataset import open_dataset
 from tests.mlflow_helpers import trained_sqlite
+from tests.test_decode import png_header_only
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,8 @@ def test_predict_dataset_writes_topk_parquet_that_matches_the_model(trained, tmp
     assert [by_id[i] for i in shard["id"][:8]] == list(expected)
 
 
+@pytest.mark.fault("unreadable files among the images to predict: not a JPEG, a decompression bomb", inputs=2,
+                   outcome="one row each with its error; the 6 readable images predicted; the run completes")
 def test_predict_image_folder_labels_from_folder_names_and_flags_bad_files(trained, shapes_source, tmp_path, capsys):
     folder = tmp_path / "incoming"
     for cls in ("circle", "square"):
@@ -63,14 +66,16 @@ def test_predict_image_folder_labels_from_folder_names_and_flags_bad_files(train
             shutil.copy(f, folder / cls / f.name)
     (folder / "unsorted").mkdir()
     (folder / "unsorted" / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "unsorted" / "bomb.png").write_bytes(png_header_only(40000, 40000))  # 4.8 GB once decoded
     out = tmp_path / "out"
     assert main(["predict", "--data", str(folder), "--out", str(out), "--workdir", str(trained["workdir"])]) == 0
     table = pq.read_table(out).to_pandas().set_index("source")
-    assert len(table) == 7
+    assert len(table) == 8
     broken = table.loc[str(folder / "unsorted" / "broken.jpg")]
     assert broken.error and broken.pred == -1 and np.isnan(broken.label)
+    assert table.loc[str(folder / "unsorted" / "bomb.png")].error.startswith("too large")
     assert set(table.label_name.dropna()) == {"circle", "square"}
-    assert "1 unreadable images" in capsys.readouterr().out
+    assert "2 unreadable images" in capsys.readouterr().out
 
 
 def test_predict_refuses_a_non_empty_output(trained, tmp_path, capsys):

@@ -1,0 +1,81 @@
+"""docs/FAULTS.md, generated from the test suite: every test marked `@pytest.mark.fault(...)`.
+
+A fault test injects a fault or a bad input and asserts what happens; its marker says, in one
+line each, what it injects, how many inputs of that kind it tries, and the outcome its assertions
+check (what survived, what was lost). The table is those markers, grouped by area, so it cannot
+list a fault no test injects, and `tests/test_fault_table.py` fails when it falls behind the suite.
+
+    .venv/bin/python -m tests.fault_table          # rewrite docs/FAULTS.md
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "docs" / "FAULTS.md"
+
+AREAS = {  # test file -> the part of the system it covers, in the order the table lists them
+    "test_ingest": "Ingest", "test_ingest_kill": "Ingest", "test_ingest_destination": "Ingest",
+    "test_atomic": "Files", "test_dataset": "Dataset format", "test_decode": "Images",
+    "test_s3": "Object storage", "test_cluster": "Clusters and checkpoints", "test_train": "Training",
+    "test_train_errors": "Errors a user meets", "test_cli": "Errors a user meets",
+    "test_publish": "Tracking and registry", "test_tracking": "Tracking and registry",
+    "test_registry": "Tracking and registry", "test_model_files": "Model files",
+    "test_submit": "Jobs and scheduling", "test_schedule": "Jobs and scheduling", "test_auth": "Jobs and scheduling",
+    "test_redaction": "Secrets", "test_predict": "Prediction",
+}
+
+HEADER = """# Fault table
+
+Every fault and bad input the test suite injects, the test that injects it, how many inputs of
+that kind it tries, and the outcome the test asserts (what survived, what was lost). Generated from
+the tests' `@pytest.mark.fault(...)` markers by `python -m tests.fault_table`; the suite fails when
+this file and the markers disagree. Every test listed runs in CI (`make test`).
+
+"""
+
+
+def collect() -> list[dict]:
+    """The fault markers of every collected test, without running any (pytest --collect-only)."""
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "tests.fault_table",
+                          "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True)
+    rows = [line.split("\t")[1:] for line in out.stdout.splitlines() if line.startswith("FAULT\t")]
+    if out.returncode not in (0, 5) and not rows:
+        raise RuntimeError(f"collecting the tests failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return [{"test": t, "what": w, "inputs": i, "outcome": o} for t, w, i, o in rows]
+
+
+def pytest_collection_finish(session) -> None:
+    """Plugin hook (`-p tests.fault_table`): print one FAULT line per marked test."""
+    for item in session.items:
+        for mark in item.iter_markers("fault"):
+            what = mark.args[0] if mark.args else mark.kwargs["what"]
+            inputs = mark.kwargs.get("inputs", 1)
+            outcome = mark.kwargs["outcome"]
+            print(f"FAULT\t{item.nodeid}\t{what}\t{inputs}\t{outcome}")
+
+
+def render(rows: list[dict]) -> str:
+    def area(test: str) -> str:
+        return AREAS.get(Path(test.split("::")[0]).stem, "Other")
+
+    order = list(dict.fromkeys(AREAS.values())) + ["Other"]
+    lines = [HEADER]
+    for name in order:
+        group = sorted((r for r in rows if area(r["test"]) == name), key=lambda r: r["test"])
+        if not group:
+            continue
+        lines += [f"## {name}\n", "| fault or bad input | inputs | outcome asserted | test |", "|---|---|---|---|"]
+        lines += [f"| {r['what']} | {r['inputs']} | {r['outcome']} | `{r['test']}` |" for r in group]
+        lines.append("")
+    lines.append(f"{len(rows)} fault tests.\n")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    TABLE.parent.mkdir(exist_ok=True)
+    TABLE.write_text(render(collect()))
+    print(f"wrote {TABLE}")
