@@ -238,17 +238,31 @@ def _unit_dataset(paths: list[str], columns: list[str], fn, fn_kwargs: dict, *, 
                   num_cpus: float, concurrency: int | None):
     import ray.data
 
+    import os
+
     units = _units(paths, _cluster_cpus(), batch_rows)
     total = len(units) * epochs
+    kwargs = {"units": units, "columns": columns, "fn": fn, "fn_kwargs": fn_kwargs, "batch_rows": batch_rows,
+              "order_seed": order_seed, "start": start, "first_epoch": first_epoch, "per_epoch": per_epoch}
+    if os.environ.get("ALEXNET_ACTORS"):  # EXPERIMENT
+        items = ray.data.from_items([{"item": i} for i in range(total)], override_num_blocks=max(1, min(total, MAX_BLOCKS)))
+        size = concurrency or max(1, int(_cluster_cpus()))
+        return items.map_batches(_UnitReader, fn_constructor_kwargs=kwargs, batch_size=None, batch_format="numpy",
+                                 num_cpus=num_cpus, concurrency=(1, size))
     # One block per item (one task per unit), up to a bound on how many blocks a plan holds; past
     # it a task handles a few consecutive units.
     items = ray.data.range(total, override_num_blocks=max(1, min(total, MAX_BLOCKS)))
     items = items.rename_columns({"id": "item"})
-    return items.map_batches(_run_units, batch_size=None, batch_format="numpy",
-                             fn_kwargs={"units": units, "columns": columns, "fn": fn, "fn_kwargs": fn_kwargs,
-                                        "batch_rows": batch_rows, "order_seed": order_seed, "start": start,
-                                        "first_epoch": first_epoch, "per_epoch": per_epoch},
+    return items.map_batches(_run_units, batch_size=None, batch_format="numpy", fn_kwargs=kwargs,
                              num_cpus=num_cpus, concurrency=concurrency)
+
+
+class _UnitReader:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def __call__(self, batch):
+        yield from _run_units(batch, **self.kwargs)
 
 
 def _check_geometry(crop: int, resize: int) -> None:
