@@ -24,7 +24,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 class DataConfig:
     path: str = ""  # dataset directory written by `alexnet ingest`
     crop: int = 224  # px, side of the square network input
-    resize: int = 256  # px, val: shorter side before the centre crop
+    resize: int = 256  # px, shorter side every image is scaled to before the crop (random in training, centre in val)
     pca_lighting: float = 0.1  # std of the paper's PCA lighting coefficients; 0 disables
     flip: bool = True  # random horizontal flips in training
     random_resized_crop: bool = False  # torchvision's RandomResizedCrop instead of the paper's fixed-scale crop

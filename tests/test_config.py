@@ -55,3 +55,18 @@ def test_unknown_recipe_lists_the_shipped_ones(tmp_path):
     bad.write_text("optim: [1, 2]\n")
     with pytest.raises(UserError, match="must be a mapping"):
         load_config(str(bad))
+
+
+def test_the_configuration_page_lists_every_key_as_the_code_has_it():
+    from tests import config_reference
+
+    page = config_reference.PAGE.read_text() if config_reference.PAGE.is_file() else ""
+    assert page == config_reference.render(), "docs/config.md is out of date: run `.venv/bin/python -m tests.config_reference`"
+    import dataclasses
+    import typing
+
+    from alexnet.config import Config
+
+    for section, cls in typing.get_type_hints(Config).items():
+        for f in dataclasses.fields(cls):
+            assert config_reference.comments(cls).get(f.name), f"{section}.{f.name} has no comment saying what it is"
