@@ -8,22 +8,26 @@ decodes the batch with nvJPEG and crops, flips and lights it with torch on its o
 The random choices are the same function of (seed, epoch, image id) as on the CPU path, so a
 run's augmentation does not depend on where it was executed.
 
-The device work is batched, so its host cost does not grow with kernel launches per image:
-- the encoded bytes reach the decoder as views of the batch's own buffer (an Arrow binary
-  column's data buffer, sliced by its offsets), no Python bytes object per image;
+The device work is batched, so that its host cost is a few dozen kernel launches per batch, not
+several per image:
+- the encoded bytes reach the decoder as views of the batch's own memory (an Arrow binary
+  column's data buffer, cut at its offsets), no Python bytes object per image;
 - one decode call for the batch's JPEGs (nvJPEG on CUDA, libjpeg-turbo elsewhere); PNG and raw
   rows, which ingest writes only on request, are decoded on the host by `decode_stored`;
-- one resample for every image's own crop box and scale: each output pixel is the
-  antialiased bilinear filter that torch's `interpolate(antialias=True)` (the CPU path's resize,
-  PIL's BILINEAR) applies, written as two batched matrix products with per-image weights over a
-  canvas that holds each image's source window (the pixels its crop reads) padded to the
-  largest window; the horizontal weights are mirrored for flipped images, so the flip is free;
-- per-image numbers (labels, weights' parameters, lighting shifts) reach the device in one
+- one resample for every image's own crop box and scale, as two batched matrix products
+  (horizontal, then vertical) of per-image weight matrices with a canvas that holds each
+  image's source window (the pixels its crop reads), padded to the largest; the horizontal
+  weights are mirrored for flipped images, so the flip costs nothing;
+- per-image numbers (labels, the weights' parameters, lighting shifts) reach the device in one
   pinned, non-blocking copy.
 
-Pixels equal the CPU path's within RESAMPLE_TOLERANCE: the CPU path resizes in 8-bit fixed point
-with a rounding between its two passes, this one in floating point (and on CUDA, nvJPEG
-upsamples chroma differently from libjpeg: see tests/test_loader.py).
+Pixels: the weights, roundings and order of passes are those of torch's uint8 antialiased
+bilinear resize (aten's fixed-point weights, as PIL's BILINEAR), which the CPU path uses. On the
+CPU device, where the products run in float64, the pixels are therefore the CPU path's exactly,
+except where the CPU path decodes a JPEG at a reduced DCT scale (the paper's crop of an image
+stored at >= 2x data.resize; the device path always decodes full size). On CUDA the products run
+in float16 (exact levels, approximate weights) and nvJPEG upsamples chroma differently from
+libjpeg: the pixels differ by a few levels (tests/test_loader.py states the bound).
 """
 
 from __future__ import annotations
@@ -37,23 +41,21 @@ from pipelines.augment import PLAN_FIELDS, TrainPreset, image_keys, lighting_shi
 from pipelines.decode import MAX_IMAGE_PIXELS, ImageDecodeError, decode_stored
 from pipelines.imports import import_whole
 
-# Pixels (batch images x window height x window width) in one resampling canvas, ~400 MB of
-# float32 on the device with its three channels; a batch over it is resampled in chunks of
-# similar window sizes, and an image whose own window is larger gets a chunk to itself.
+# Pixels (images x window height x window width) in one resampling canvas: ~100 MB of float16
+# with its three channels on CUDA. A batch over it is resampled in chunks of similar window
+# sizes; an image whose own window is larger gets a chunk to itself.
 CANVAS_PIXELS = 1 << 25
 
-# |device path - CPU path| per pixel value, on the CPU device, for JPEG, PNG and raw rows
-# decoded by the same library: the two resize implementations round differently.
-RESAMPLE_TOLERANCE = 1
-
-# Per-image parameters sent to the device in one copy: float64 columns of one array.
-_LABEL, _FLIP, _HEIGHT, _WIDTH, _BASE, _SHIFT = 0, 1, 2, 3, 4, slice(5, 8)
-# Per axis (y, then x): window origin in the decoded image, window size, filter scale, first
-# output position of the crop, length of the clamping range, the window's offset within that
-# range, and the resize's output positions (see `_axis`).
-_Y, _X = slice(8, 15), slice(15, 22)
-_ORIGIN, _SIZE, _SCALE, _START, _LENGTH, _FIRST, _OUTPUTS = range(7)
-_COLUMNS = 22
+# The per-image parameters sent to the device in one copy, as one float64 buffer (integers below
+# 2^53 are exact): N rows of image columns, then 2N rows of axis columns (the N images' vertical
+# axes, then their horizontal ones).
+_LABEL, _HEIGHT, _WIDTH, _BASE, _SHIFT = 0, 1, 2, 3, slice(4, 7)
+_IMAGE_COLUMNS = 7
+# Per axis (see `_axis`): window origin in the decoded image, window size, filter scale, first
+# output of the crop in the resize's outputs, length of the clamping range, the window's offset
+# in that range, the resize's output count, and the mirror flag (horizontal axes only).
+_ORIGIN, _SIZE, _SCALE, _START, _LENGTH, _FIRST, _OUTPUTS, _FLIP = range(8)
+_AXIS_COLUMNS = 8
 
 
 def plan_batch(batch: dict, *, preset: TrainPreset, seed: int | None, epoch: int = 0, keep_key: bool = False) -> dict:
@@ -74,39 +76,42 @@ def augment_on_device(batch, preset: TrainPreset, device) -> dict:
 
     `batch` is one batch of plan_batch's rows as Ray Data hands it over: a `pyarrow.Table`
     (`iter_batches(batch_format="pyarrow")`, the fast form: no Python object per image) or a
-    dict of numpy arrays. On a CUDA device the work is queued on the current stream (it returns
-    once nvJPEG is done, before the resample is); the caller synchronises as usual. On the
-    "meta" device nothing is decoded or computed (shapes only): the host cost of this function
-    alone, as benchmarks/gpu_host_cost.py measures it."""
+    dict of numpy arrays. On a CUDA device the work is queued on the current stream; the call
+    returns once nvJPEG is done (it synchronises its own stream), before the resample is. On
+    the "meta" device nothing is decoded or computed (shapes only)."""
     torch = import_whole("torch")
     device = torch.device(device)
     images, jpeg = _encoded(_column(batch, "image"))
-    plans = _plans(_column(batch, "plan"), len(images))
-    heights = _vector(_column(batch, "height")).astype(np.int64)
-    widths = _vector(_column(batch, "width")).astype(np.int64)
-    labels = _vector(_column(batch, "label")).astype(np.int64)
+    n = len(images)
+    plans = _plans(_column(batch, "plan"), n)
+    heights = np.asarray(_column(batch, "height")).astype(np.int64)
+    widths = np.asarray(_column(batch, "width")).astype(np.int64)
+    labels = np.asarray(_column(batch, "label")).astype(np.int64)
     _check_pixels(heights, widths)
     decoded = _decode(images, jpeg, heights, widths, device)
-    shapes = np.array([t.shape for t in decoded], dtype=np.int64).reshape(-1, 3)
+    shapes = np.array([t.shape for t in decoded], dtype=np.int64).reshape(n, 3)
     _check_pixels(shapes[:, 1], shapes[:, 2])
-    params = _parameters(plans, labels, shapes[:, 1], shapes[:, 2], preset)
-    host = torch.from_numpy(params)
+    per_image, axes = _parameters(plans, labels, shapes[:, 1], shapes[:, 2], preset)
+    host = torch.from_numpy(np.concatenate([per_image.ravel(), axes.ravel()]))
     if device.type == "cuda":
         host = host.pin_memory()
-    on_device = host.to(device, non_blocking=True)  # the batch's only host -> device copy besides the pixels
-    width = int(params[:, _X][:, _SIZE].max(initial=1))
-    flat = torch.empty(int(shapes.prod(axis=1).sum()) + width, dtype=torch.uint8, device=device)
-    if decoded:
-        torch.cat([t.reshape(-1) for t in decoded], out=flat[:flat.numel() - width])
-    chunks = _chunks(params[:, _Y][:, _SIZE], params[:, _X][:, _SIZE])
+    params = host.to(device, non_blocking=True)  # the batch's only copy to the device besides the pixels
+    image_params = params[:n * _IMAGE_COLUMNS].view(n, _IMAGE_COLUMNS)
+    axis_params = params[n * _IMAGE_COLUMNS:].view(2, n, _AXIS_COLUMNS)
+    pad = int(axes[1, :, _SIZE].max(initial=1))  # a canvas row reads this many bytes from its start
+    flat = torch.empty(int(shapes.prod(axis=1).sum()) + pad, dtype=torch.uint8, device=device)
+    if n:
+        torch.cat([t.reshape(-1) for t in decoded], out=flat[:flat.numel() - pad])
+    chunks = _chunks(axes[0, :, _SIZE], axes[1, :, _SIZE])
     if chunks is None:  # the whole batch in one canvas (the usual case)
-        out = _resample(flat, on_device, params, preset)
+        out = _resample(flat, image_params, axis_params, axes, preset)
     else:
-        out = torch.empty((len(decoded), 3, preset.crop, preset.crop), dtype=torch.uint8, device=device)
+        out = torch.empty((n, 3, preset.crop, preset.crop), dtype=torch.uint8, device=device)
         for rows in chunks:
             index = torch.as_tensor(rows, device=device)
-            out.index_copy_(0, index, _resample(flat, on_device.index_select(0, index), params[rows], preset))
-    return {"image": out, "label": on_device[:, _LABEL].long()}
+            out.index_copy_(0, index, _resample(flat, image_params.index_select(0, index),
+                                                axis_params.index_select(1, index), axes[:, rows], preset))
+    return {"image": out, "label": image_params[:, _LABEL].long()}
 
 
 # --- host side: the batch's columns ------------------------------------------------------------
@@ -117,10 +122,6 @@ def _column(batch, name: str):
     if isinstance(batch, pa.Table):
         return batch.column(name)
     return batch[name]
-
-
-def _vector(column) -> np.ndarray:
-    return np.asarray(column)
 
 
 def _plans(column, rows: int) -> np.ndarray:
@@ -215,29 +216,28 @@ def _decode(images: list, jpeg: np.ndarray, heights: np.ndarray, widths: np.ndar
 
 
 def _parameters(plans: np.ndarray, labels: np.ndarray, heights: np.ndarray, widths: np.ndarray,
-                preset: TrainPreset) -> np.ndarray:
-    """(N, _COLUMNS) float64: what the device needs per image (exact integers below 2^53)."""
+                preset: TrainPreset) -> tuple[np.ndarray, np.ndarray]:
+    """What the device needs per image: float64 (N, _IMAGE_COLUMNS) and (2, N, _AXIS_COLUMNS)."""
     n = len(plans)
-    p = np.zeros((n, _COLUMNS), dtype=np.float64)
-    p[:, _LABEL] = labels
-    p[:, _FLIP] = plans[:, 6]
-    p[:, _HEIGHT], p[:, _WIDTH] = heights, widths
-    p[:, _BASE] = np.concatenate([[0], np.cumsum(3 * heights * widths)[:-1]]) if n else 0
+    image = np.zeros((n, _IMAGE_COLUMNS), dtype=np.float64)
+    image[:, _LABEL], image[:, _HEIGHT], image[:, _WIDTH] = labels, heights, widths
+    image[:, _BASE] = np.concatenate([[0], np.cumsum(3 * heights * widths)[:-1]]) if n else 0
     if preset.pca_std > 0:
-        p[:, _SHIFT] = np.clip(np.rint(lighting_shift(preset.eigval, preset.eigvec, plans[:, 7:10])), -255, 255)
-    p[:, _Y] = _axis(heights, plans[:, 1], plans[:, 3], plans[:, 5], preset)
-    p[:, _X] = _axis(widths, plans[:, 0], plans[:, 2], plans[:, 4], preset)
-    return p
+        image[:, _SHIFT] = np.clip(np.rint(lighting_shift(preset.eigval, preset.eigvec, plans[:, 7:10])), -255, 255)
+    axes = np.stack([_axis(heights, plans[:, 1], plans[:, 3], plans[:, 5], preset),
+                     _axis(widths, plans[:, 0], plans[:, 2], plans[:, 4], preset)])
+    axes[1, :, _FLIP] = plans[:, 6]
+    return image, axes
 
 
 def _axis(decoded: np.ndarray, scaled: np.ndarray, lo: np.ndarray, hi: np.ndarray, preset: TrainPreset) -> np.ndarray:
-    """One axis of every image's resample, as torch's antialiased bilinear resize does it
-    (aten's _compute_weights_aa: output i of an input range of `length` samples it around
-    centre = scale * (start + i + 0.5), over taps within `support` = max(scale, 1), clamped to
-    the range). The paper's crop resizes the whole decoded image to the plan's size and crops
-    [lo, hi): range = the image, start = lo. RandomResizedCrop resizes the plan's box to the crop:
-    range = the box (in decoded pixels), start = 0. Returns the columns _ORIGIN.._OUTPUTS; the
-    window [origin, origin + size) holds every pixel the crop's outputs read."""
+    """One axis of every image's resample, as torch's antialiased bilinear resize does it (aten's
+    _compute_indices_min_size_weights_aa): output i of a range of `length` input samples is
+    centred at scale * (i + 0.5) and reads the inputs within `support` = max(scale, 1) of it,
+    clamped to the range. The paper's crop resizes the whole decoded image to the plan's size
+    and keeps outputs [lo, hi): range = the image, first output = lo. RandomResizedCrop resizes
+    the plan's box to the crop: range = the box (in decoded pixels), first output = 0. Returns
+    (N, _AXIS_COLUMNS); the window [origin, origin + size) holds every input the crop reads."""
     decoded = decoded.astype(np.float64)
     crop = preset.crop
     if preset.random_resized_crop:
@@ -251,16 +251,7 @@ def _axis(decoded: np.ndarray, scaled: np.ndarray, lo: np.ndarray, hi: np.ndarra
     support = np.maximum(scale, 1.0)
     first = np.maximum(np.trunc(scale * (start + 0.5) - support + 0.5), 0)
     last = np.minimum(np.trunc(scale * (start + crop - 0.5) + support + 0.5), length)
-    return np.stack([base + first, last - first, scale, start, length, first, outputs], axis=1)
-
-
-def _taps(axis: np.ndarray) -> int:
-    """Source samples per output along an axis, at most: 2 * support + 1."""
-    return int(math.ceil(2 * float(np.maximum(axis[:, _SCALE], 1.0).max(initial=1.0)))) + 1
-
-
-def _outputs(axis: np.ndarray) -> int:
-    return int(axis[:, _OUTPUTS].max())
+    return np.stack([base + first, last - first, scale, start, length, first, outputs, np.zeros_like(scale)], axis=1)
 
 
 def _chunks(heights: np.ndarray, widths: np.ndarray):
@@ -285,62 +276,73 @@ def _chunks(heights: np.ndarray, widths: np.ndarray):
 
 # --- device side -------------------------------------------------------------------------------
 
-def _resample(flat, p, host: np.ndarray, preset: TrainPreset):
-    """Images (in `flat`, described by the parameter rows `p` on the device and `host`, the same
-    rows on the host) -> uint8 (n, 3, crop, crop): canvas rows gathered from the flat buffer,
-    then out = Wy @ canvas @ Wx^T per image and channel, rounded, lit and clamped."""
+def _resample(flat, image, axis, host_axes: np.ndarray, preset: TrainPreset):
+    """The n images in `flat` (described by `image` (n, _IMAGE_COLUMNS) and `axis` (2, n,
+    _AXIS_COLUMNS) on the device, `host_axes` the same axes on the host) -> uint8
+    (n, 3, crop, crop): canvas rows gathered from the flat buffer, then
+    round(round(canvas @ Wx^T) @ ...) with Wy, lit and clamped, as aten's two uint8 passes."""
     torch = import_whole("torch")
 
-    n, crop = p.shape[0], preset.crop
-    tall, wide = int(host[:, _Y][:, _SIZE].max()), int(host[:, _X][:, _SIZE].max())
-    dtype = torch.float16 if flat.device.type == "cuda" else torch.float64  # see RESAMPLE_TOLERANCE
-    # Canvas row (image, window row, channel) starts at that row's first window pixel in `flat`;
-    # every row is `wide` bytes long, a view of overlapping windows of the flat buffer. What a row
-    # reads past its image's window has a zero weight.
-    y = torch.arange(tall, device=flat.device, dtype=p.dtype)
-    height, width, base = p[:, _HEIGHT, None], p[:, _WIDTH, None], p[:, _BASE, None]
-    row = torch.minimum(p[:, _Y][:, _ORIGIN, None] + y, height - 1)  # (n, tall), past the window: any row
-    channel = torch.arange(3, device=flat.device, dtype=p.dtype) * (height * width)[..., None]  # (n, 1, 3)
-    starts = (base + row * width + p[:, _X][:, _ORIGIN, None])[..., None] + channel  # (n, tall, 3)
-    windows = flat.unfold(0, wide, 1).index_select(0, starts.reshape(-1).long())
-    pixels = windows.view(n, tall, 3 * wide).to(dtype)
-    wy = _weights(p[:, _Y], _outputs(host[:, _Y]), crop, tall, _taps(host[:, _Y]), dtype)
-    wx = _weights(p[:, _X], _outputs(host[:, _X]), crop, wide, _taps(host[:, _X]), dtype, flip=p[:, _FLIP])
-    cols = torch.bmm(pixels.view(n, tall * 3, wide), wx.transpose(1, 2)).add_(0.5).floor_().clamp_(max=255)  # (n, tall * 3, crop)
-    out = torch.bmm(wy, cols.view(n, tall, 3 * crop)).view(n, crop, 3, crop)
-    out.add_(0.5).floor_()
+    n, crop, dev = image.shape[0], preset.crop, flat.device
+    tall, wide = int(host_axes[0, :, _SIZE].max()), int(host_axes[1, :, _SIZE].max())
+    dtype = _compute_dtype(dev)
+    # Canvas row (image, window row, channel) = `wide` bytes of `flat` from that row's first window
+    # pixel: rows of a view of `flat` as overlapping windows. What a row reads past its image's
+    # window (the next row, image or padding) gets a zero weight.
+    height, width = image[:, _HEIGHT, None], image[:, _WIDTH, None]
+    row = torch.minimum(axis[0, :, _ORIGIN, None] + torch.arange(tall, device=dev, dtype=image.dtype), height - 1)
+    plane = torch.arange(3, device=dev, dtype=image.dtype) * (height * width)[..., None]  # (n, 1, 3)
+    starts = (image[:, _BASE, None] + row * width + axis[1, :, _ORIGIN, None])[..., None] + plane  # (n, tall, 3)
+    canvas = flat.unfold(0, wide, 1).index_select(0, starts.view(-1).long()).view(n, tall * 3, wide).to(dtype)
+    weights = _weights(axis.view(2 * n, _AXIS_COLUMNS), int(host_axes[..., _OUTPUTS].max()), crop,
+                       max(tall, wide), _taps(host_axes), dtype)
+    wy, wx = weights[:n, :, :tall], weights[n:, :, :wide]
+    rows = torch.bmm(canvas, wx.transpose(1, 2)).add_(0.5).floor_().clamp_(max=255)  # (n, tall * 3, crop)
+    out = torch.bmm(wy, rows.view(n, tall, 3 * crop)).add_(0.5).floor_().view(n, crop, 3, crop)
     if preset.pca_std > 0:  # the CPU path adds the rounded shift to the rounded level
-        out += p[:, _SHIFT].to(dtype).view(n, 1, 3, 1)
+        out += image[:, _SHIFT].to(dtype).view(n, 1, 3, 1)
     return out.clamp_(0, 255).permute(0, 2, 1, 3).to(torch.uint8, memory_format=torch.contiguous_format)
 
 
-def _weights(axis, outputs: int, count: int, size: int, taps: int, dtype, flip=None):
-    """(n, count, size) resampling weights along one axis (columns: the canvas window). They are
-    aten's for the CPU path's uint8 resize: float64, normalised, then fixed point at the precision
-    aten derives from the largest weight of the whole resize (`outputs` positions, of which the
-    crop takes `count` from _START on). With `flip` (per image, 0/1) output i takes the weights
-    of output count - 1 - i: the horizontal mirror."""
+def _compute_dtype(device):
+    """float16 on CUDA (tensor cores; levels 0..255 exact, weights to 11 bits), float64 elsewhere
+    (aten's fixed-point arithmetic reproduced exactly)."""
+    torch = import_whole("torch")
+
+    return torch.float16 if device.type == "cuda" else torch.float64
+
+
+def _taps(axes: np.ndarray) -> int:
+    """Inputs per output at most, over the given axes: 2 x support + 1."""
+    return int(math.ceil(2 * float(np.maximum(axes[..., _SCALE], 1.0).max(initial=1.0)))) + 1
+
+
+def _weights(axis, outputs: int, count: int, size: int, taps: int, dtype):
+    """(m, count, size) weights of m axes (rows of _AXIS_COLUMNS): output i of the crop reads
+    window input j with weight [i, j]. They are aten's for a uint8 resize: float64, normalised,
+    then in fixed point at the precision aten derives from the largest weight of the whole resize
+    (`outputs` positions, of which the crop takes `count` from _START on). A flipped axis's
+    output i takes the weights of output count - 1 - i."""
     torch = import_whole("torch")
 
     dev, f64 = axis.device, axis.dtype
     scale, length, first = axis[:, _SCALE, None], axis[:, _LENGTH, None], axis[:, _FIRST, None, None]
     i = torch.arange(outputs, device=dev, dtype=f64)
-    centre = scale * (i + 0.5)  # (n, outputs), in the range's coordinates
+    centre = scale * (i + 0.5)  # (m, outputs), in the range's coordinates
     support = scale.clamp(min=1.0)
-    low = (centre - support + 0.5).trunc().clamp_(min=0)
-    high = torch.minimum((centre + support + 0.5).trunc(), length)
-    tap = low[..., None] + torch.arange(taps, device=dev, dtype=f64)  # (n, outputs, taps)
-    w = (1 - ((tap - centre[..., None] + 0.5) * (1 / support)[..., None]).abs()).clamp_(min=0) * (tap < high[..., None])
+    low = (centre - support + 0.5).trunc_().clamp_(min=0)
+    high = torch.minimum((centre + support + 0.5).trunc_(), length) * (i < axis[:, _OUTPUTS, None])  # none past the resize
+    tap = low[..., None] + torch.arange(taps, device=dev, dtype=f64)  # (m, outputs, taps)
+    w = (1 - ((tap - centre[..., None] + 0.5) * (1 / support)[..., None]).abs_()).clamp_(min=0) * (tap < high[..., None])
     w /= w.cumsum(-1)[..., -1:].clamp_(min=1e-12)  # aten sums the taps in order
-    w *= (i < axis[:, _OUTPUTS, None])[..., None]  # positions past this image's resize
-    # aten's weights_precision: the most fraction bits that keep 2 x the largest weight under 2^15
-    powers = 2.0 ** torch.arange(1, 23, device=dev, dtype=f64)
-    unit = (2.0 ** ((0.5 + w.amax(dim=(1, 2))[:, None] * powers).trunc() < 2 ** 15).sum(1).to(f64))[:, None, None]
-    w = (w * unit + 0.5).floor_() / unit
+    # aten's weights_precision: the most fraction bits (<= 22) that keep 2 x the largest weight
+    # under 2^15 - 0.5; weights are then rounded to that many bits
+    bits = (w.amax(dim=(1, 2))[:, None] * torch.exp2(torch.arange(1, 23, device=dev, dtype=f64)) < 32767.5).sum(1)
+    unit = torch.exp2(bits.to(f64))[:, None, None]
+    w = w.mul_(unit).add_(0.5).floor_().div_(unit)
     position = torch.arange(count, device=dev, dtype=f64)
-    if flip is not None:
-        position = torch.where(flip[:, None] > 0, count - 1 - position, position)
-    pick = (axis[:, _START, None] + position).long()[..., None].expand(-1, -1, taps)  # (n, count, taps)
+    position = torch.where(axis[:, _FLIP, None] > 0, count - 1 - position, position) + axis[:, _START, None]
+    pick = position.long()[..., None].expand(-1, -1, taps)  # (m, count, taps)
     column = (tap.gather(1, pick) - first).clamp_(0, size - 1).long()
     return torch.zeros((axis.shape[0], count, size), dtype=dtype, device=dev).scatter_add_(
         2, column, w.gather(1, pick).to(dtype))
