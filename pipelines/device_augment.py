@@ -41,10 +41,11 @@ from pipelines.augment import PLAN_FIELDS, TrainPreset, image_keys, lighting_shi
 from pipelines.decode import MAX_IMAGE_PIXELS, ImageDecodeError, decode_stored
 from pipelines.imports import import_whole
 
-# Pixels (images x window height x window width) in one resampling canvas: ~100 MB of float16
-# with its three channels on CUDA. A batch over it is resampled in chunks of similar window
-# sizes; an image whose own window is larger gets a chunk to itself.
-CANVAS_PIXELS = 1 << 25
+# Pixels (images x window height x window width) in one resampling canvas: at most ~0.6 GB on
+# CUDA (its uint8 and float16 copies, three channels), one canvas for a batch of 256 windows of
+# up to 512 x 512. A batch over it is resampled in chunks of similar window sizes; an image whose
+# own window is larger gets a chunk to itself.
+CANVAS_PIXELS = 1 << 26
 
 # The per-image parameters sent to the device in one copy, as one float64 buffer (integers below
 # 2^53 are exact): N rows of image columns, then 2N rows of axis columns (the N images' vertical
