@@ -9,7 +9,8 @@ Sections, in order (a section the remaining --budget-s cannot hold is recorded a
 1. data: --images JPEGs (shorter side 256 px, longer 256-384) generated with every core and
    ingested with pipelines.ingest (--resize 256; 1% val): >= 100,000 training images an epoch.
 2. check: the device path's pixels (pipelines.device_augment on the GPU) against the CPU path's
-   (TrainPreset on the host) for the same rows and plans.
+   (TrainPreset on the host) for the same rows and plans. decode_only: the batched decode call
+   alone on 256 stored JPEGs (the decoder's ceiling, and its host CPU per image).
 3. device_input: Ray Data (data.decode=gpu: rows + plans) -> Arrow batches ->
    alexnet.device_input.DeviceFeeder(augment_on_device) alone, one epoch: images/s, and the
    feeder thread's CPU per image (issue 15 target 3, on the real machine: nvJPEG's host work and
@@ -168,6 +169,27 @@ def check(info, cfg, device, rows: int) -> dict:
     return {"images": len(diff), "mean_abs_diff": float(diff.mean()), "p99_abs_diff": float(np.percentile(diff, 99)),
             "max_abs_diff": int(diff.max()), "share_of_values_equal": float((diff == 0).mean()),
             "images_closer_to_own_than_mirrored_2x": float((own * 2 < mirrored).mean())}
+
+
+def decode_only(info, device, rows: int) -> dict:
+    """The batched decode call alone (torchvision's nvJPEG binding on CUDA) on one batch of stored
+    JPEGs: its images/s is the decoder's ceiling for the device path; its host CPU per image
+    (thread time, the call synchronises) is part of target 3's input-thread budget."""
+    import pyarrow.parquet as pq
+    import torch
+    import torchvision.io as tvio
+
+    column = pq.ParquetFile(info.shard_paths("train")[0]).read_row_group(0, columns=["image"]).column("image")
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in column.to_pylist()[:rows]]
+    runs = []
+    for _ in range(6):
+        _sync(device)
+        wall, cpu = time.perf_counter(), time.thread_time()
+        tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=device)
+        _sync(device)
+        runs.append((time.perf_counter() - wall, time.thread_time() - cpu))
+    wall, cpu = sorted(runs[1:])[len(runs[1:]) // 2]  # the median of the warm calls
+    return {"images": len(data), "images_per_s": len(data) / wall, "host_cpu_us_per_image": 1e6 * cpu / len(data)}
 
 
 def _sync(device) -> None:
@@ -386,6 +408,7 @@ def main() -> None:
     train_images = info.split_size("train")
     fit_estimate = 40 + sizes.epochs * train_images / 15_000
     bench.section("check", lambda: check(info, eager, device, sizes.check_rows), estimate_s=10)
+    bench.section("decode_only", lambda: decode_only(info, device, sizes.batch), estimate_s=5)
     bench.section("device_input", lambda: device_input(info, eager, device, sizes.batch), estimate_s=15)
     bench.section("compute_only_eager", lambda: compute_only(eager, classes, device, sizes, False, peak), estimate_s=10)
     bench.section("feeder_train", lambda: feeder_train(info, eager, classes, device, sizes, peak), estimate_s=15)
