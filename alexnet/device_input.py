@@ -85,8 +85,9 @@ class DeviceFeeder:
         self._finished = False
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         # The thread gets what it needs, not `self`: an abandoned feeder can then be collected.
-        self._thread = threading.Thread(target=_produce, name=name, daemon=True,
-                                        args=(batches, transform, self.device, stream, self._queue, self._stop, self.stats))
+        self._thread = threading.Thread(
+            target=_produce, name=name, daemon=True,
+            args=(batches, transform, self.device, stream, self._queue, self._stop, self.stats))
         self._finalizer = weakref.finalize(self, _shutdown, self._stop, self._queue, self._thread, 10.0)
         self._finalizer.atexit = False  # a daemon thread ends with the process anyway
         self._thread.start()

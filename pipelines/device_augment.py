@@ -332,9 +332,11 @@ def _weights(axis, outputs: int, count: int, size: int, taps: int, dtype):
     centre = scale * (i + 0.5)  # (m, outputs), in the range's coordinates
     support = scale.clamp(min=1.0)
     low = (centre - support + 0.5).trunc_().clamp_(min=0)
-    high = torch.minimum((centre + support + 0.5).trunc_(), length) * (i < axis[:, _OUTPUTS, None])  # none past the resize
+    high = torch.minimum((centre + support + 0.5).trunc_(), length)
+    high *= i < axis[:, _OUTPUTS, None]  # no inputs for positions past this axis's resize
     tap = low[..., None] + torch.arange(taps, device=dev, dtype=f64)  # (m, outputs, taps)
-    w = (1 - ((tap - centre[..., None] + 0.5) * (1 / support)[..., None]).abs_()).clamp_(min=0) * (tap < high[..., None])
+    w = (1 - ((tap - centre[..., None] + 0.5) * (1 / support)[..., None]).abs_()).clamp_(min=0)
+    w *= tap < high[..., None]
     w /= w.cumsum(-1)[..., -1:].clamp_(min=1e-12)  # aten sums the taps in order
     # aten's weights_precision: the most fraction bits (<= 22) that keep 2 x the largest weight
     # under 2^15 - 0.5; weights are then rounded to that many bits

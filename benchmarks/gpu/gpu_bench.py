@@ -162,7 +162,8 @@ def check(info, cfg, device, rows: int) -> dict:
     batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}
     preset = device_preset(info, cfg)
     on_host = preset(batch, seed=1, epoch=0)["image"].astype(int)
-    on_device = augment_on_device(plan_batch(batch, preset=preset, seed=1), preset, device)["image"].cpu().numpy().astype(int)
+    planned = plan_batch(batch, preset=preset, seed=1)
+    on_device = augment_on_device(planned, preset, device)["image"].cpu().numpy().astype(int)
     diff = np.abs(on_device - on_host)
     own = diff.reshape(len(diff), -1).mean(axis=1)
     mirrored = np.abs(on_device - on_host[..., ::-1]).reshape(len(diff), -1).mean(axis=1)
@@ -352,7 +353,8 @@ def pipeline(bench: Bench, name: str, cfg, work: Path, sizes: Sizes, device, pea
                   tracking_uri=uri, run_id=run_id)
     wall = time.perf_counter() - t
     client.set_terminated(run_id)
-    history = {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)] for k in METRICS}
+    history = {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
+               for k in METRICS}
     ips = (history["throughput/images_per_s"] or [0.0])[-1]
     out = {"images_per_s": ips, "data_wait_fraction": (history["throughput/data_wait_fraction"] or [None])[-1],
            "per_epoch": history, "fit_wall_s": wall, "val_top1": outcome.val_top1,
@@ -418,7 +420,8 @@ def main() -> None:
     bench.section("fit_cpu_decode_eager", lambda: pipeline(bench, "cpu-decode-eager", recipe(
         data["path"], sizes, decode="cpu", compile_=False, epochs=1), work, sizes, device, peak),
                   estimate_s=40 + train_images / 2_500)
-    bench.section("compute_only_compile", lambda: compute_only(eager, classes, device, sizes, True, peak), estimate_s=60)
+    bench.section("compute_only_compile", lambda: compute_only(eager, classes, device, sizes, True, peak),
+                  estimate_s=60)
     bench.section("fit_gpu_decode_compile", lambda: pipeline(bench, "gpu-decode-compile", recipe(
         data["path"], sizes, decode="gpu", compile_=True), work, sizes, device, peak), estimate_s=fit_estimate + 60)
     bench.section("fit_cpu_decode_compile", lambda: pipeline(bench, "cpu-decode-compile", recipe(
