@@ -48,7 +48,7 @@ def test_two_workers_checkpoint_every_epoch_then_the_same_run_name_resumes_and_n
     first = _fit(shapes_dataset, tmp_path, "r", "run.num_workers=2", "optim.epochs=1")
     assert first.epochs == 1 and first.resumed_from_epoch is None
     state = checkpoint.load(first.latest_checkpoint)
-    assert {"model", "optimizer", "plateau", "scaler", "epoch", "config", "dataset_version"} <= set(state)
+    assert {"model", "optimizer", "plateau", "epoch", "config", "dataset_version"} <= set(state)
     assert state["config"]["run"]["num_workers"] == 2 and state["epoch"] == 0
 
     again = _fit(shapes_dataset, tmp_path, "r", "run.num_workers=1", "optim.epochs=2")
@@ -140,7 +140,7 @@ def test_checkpoints_without_a_shape_entry_still_tell_their_shape(tmp_path):
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
     cfg = {"model": {"arch": "bn"}, "optim": {"optimizer": "sgd"}}
     checkpoint.save(tmp_path, model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), plateau={},
-                    scaler=None, epoch=4, config=cfg, dataset_version="v1", metrics={}, num_classes=3)
+                    epoch=4, config=cfg, dataset_version="v1", metrics={}, num_classes=3)
     meta = json.loads((tmp_path / checkpoint.META_FILE).read_text())
     assert meta["shape"] == {"model.arch": "bn", "model.hidden": 4096, "num_classes": 3, "optim.optimizer": "sgd"}
     del meta["shape"]
