@@ -111,3 +111,37 @@ def test_meta_json_from_before_the_shape_entry_is_read_from_the_state_on_s3(s3_b
     (tmp_path / "c" / checkpoint.META_FILE).write_text(json.dumps(meta))
     _upload(tmp_path / "c", f"{s3_bucket}/runs/r/checkpoint_000002")
     assert checkpoint.read_meta(f"{s3_bucket}/runs/r/checkpoint_000002")["shape"]["model.arch"] == "bn"
+
+
+@pytest.mark.slow
+def test_fit_resumes_from_an_s3_checkpoint_saves_to_s3_and_the_servable_model_is_read_back(shapes_dataset, s3_bucket,
+                                                                                          tmp_path):
+    """`--resume-from s3://...` with `--storage s3://...` on a real local Ray: the workers load the
+    checkpoint from the bucket, write theirs there, and the post-training step reads them back."""
+    from mlflow.tracking import MlflowClient
+
+    from alexnet import build_model
+    from alexnet.trainer import check_inputs, fit, load_classifier
+    from alexnet.worker import make_optimizer
+
+    cfg = load_config("smoke", [f"data.path={shapes_dataset}", "optim.batch_size=16", "optim.epochs=2"])
+    info = check_inputs(cfg)
+    net = build_model(cfg.model.arch, info.num_classes, dropout=cfg.model.dropout, hidden=cfg.model.hidden)
+    local = tmp_path / "epoch0"
+    local.mkdir()
+    checkpoint.save(local, model=net, optimizer=make_optimizer(net.parameters(), cfg, cfg.optim.lr), plateau={},
+                    epoch=0, config=cfg.to_dict(), dataset_version=info.version, metrics={"val_top1": 0.0},
+                    num_classes=info.num_classes)
+    _upload(local, f"{s3_bucket}/elsewhere/checkpoint_000000")
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("t")).info.run_id
+    out = fit(cfg, info, run_name="from-s3", storage=f"{s3_bucket}/runs", tracking_uri=uri, run_id=run_id,
+              resume_from=f"{s3_bucket}/elsewhere/checkpoint_000000")
+    assert (out.resumed_from_epoch, out.epochs) == (0, 2)
+    assert out.best_checkpoint.startswith(f"{s3_bucket}/runs/from-s3/checkpoint_")
+    assert checkpoint.find_latest(f"{s3_bucket}/runs", "from-s3") == (out.latest_checkpoint, 1)
+    classifier, _ = load_classifier(out.best_checkpoint, info)
+    assert classifier(torch.zeros(2, 3, 64, 64, dtype=torch.uint8)).shape == (2, info.num_classes)
+    assert [m.step for m in client.get_metric_history(run_id, "val/top1")] == [1]  # epoch 0 was the checkpoint's
