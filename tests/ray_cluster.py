@@ -110,6 +110,11 @@ class RayCluster:
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
+    @property
+    def token(self) -> str | None:
+        """The cluster's auth token (None when token authentication is off)."""
+        return token_of(self.env)
+
     def add_node(self, cpus: int = 2) -> Node:
         return self._ray_start(f"--address={self.address}", f"--num-cpus={cpus}")
 
@@ -118,9 +123,6 @@ class RayCluster:
         declares the node dead after its health checks. Returns the raylet's pid."""
         os.kill(node.raylet_pid, signal.SIGKILL)
         return node.raylet_pid
-
-    def alive_node_ids(self) -> set[str]:
-        return {n["node_id"] for n in self.state("nodes") if n.get("state") == "ALIVE"}
 
     def state(self, kind: str, *filters: str) -> list[dict]:
         """`ray list KIND` through the dashboard (the state API), as JSON."""
@@ -181,9 +183,8 @@ class RayCluster:
 
     def _wait_dashboard(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        token = token_of(self.env)
         request = urllib.request.Request(f"{self.dashboard}/api/version",
-                                         headers={"Authorization": f"Bearer {token}"} if token else {})
+                                         headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
         while True:
             try:
                 urllib.request.urlopen(request, timeout=5).read()

@@ -89,6 +89,22 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def test_the_job_server_answers_only_with_the_token_when_token_auth_is_on(cluster):
+    import urllib.error
+    import urllib.request
+
+    if cluster.token is None:
+        assert os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled"  # off only when the session says so
+        urllib.request.urlopen(f"{cluster.dashboard}/api/version", timeout=30).read()
+        return
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{cluster.dashboard}/api/version", timeout=30)
+    assert refused.value.code == 401
+    allowed = urllib.request.Request(f"{cluster.dashboard}/api/version",
+                                     headers={"Authorization": f"Bearer {cluster.token}"})
+    urllib.request.urlopen(allowed, timeout=30).read()
+
+
 def test_the_default_local_storage_on_two_nodes_is_one_line_before_training(cluster, s3_dataset, mlflow_server,
                                                                              tmp_path):
     work = tmp_path / "work"
