@@ -3,16 +3,22 @@
 One file, `state.pt`, holding tensors and plain Python values only (no pickled classes), so
 loading a checkpoint from elsewhere cannot execute code; and `meta.json` (epoch, metrics, dataset
 version), so the driver can find a run's latest checkpoint without reading the weights.
+
+A checkpoint is named by a local path or a URI (s3://bucket/runs/RUN/checkpoint_...: Ray Train's
+storage on a cluster); every read here goes through `pipelines.storage`, as datasets do.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
+from pipelines import storage
 from pipelines.atomic import write_atomic
 
 STATE_FILE = "state.pt"
@@ -52,58 +58,67 @@ def mismatches(meta: dict, config: dict, num_classes: int) -> list[str]:
     return [f"{k}: checkpoint {theirs[k]}, this run {ours[k]}" for k in ours if k in theirs and theirs[k] != ours[k]]
 
 
-def load(directory: str | os.PathLike, map_location="cpu") -> dict:
-    path = Path(directory) / STATE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint state file")
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load(checkpoint: str | os.PathLike, map_location="cpu") -> dict:
+    """The state of the checkpoint folder `checkpoint` (a path or a URI)."""
+    loc = storage.locate(checkpoint).join(STATE_FILE)
+    if not storage.is_file(loc):
+        raise FileNotFoundError(f"{loc}: no checkpoint state file")
+    if loc.local:
+        return torch.load(loc.path, map_location=map_location, weights_only=True)
+    # Copied to a local temporary file first: torch.load seeks back and forth, and a whole
+    # AlexNet state (weights and optimiser, ~700 MB) is better on disk than twice in memory.
+    with loc.fs.open_input_stream(loc.path) as src, tempfile.TemporaryFile() as tmp:
+        shutil.copyfileobj(src, tmp, 8 << 20)
+        tmp.seek(0)
+        return torch.load(tmp, map_location=map_location, weights_only=True)
 
 
-def read_meta(directory: str | os.PathLike) -> dict:
-    """epoch, dataset_version and metrics of a checkpoint, without loading its weights."""
-    meta = Path(directory) / META_FILE
-    if meta.is_file():
-        meta = json.loads(meta.read_text())
+def read_meta(checkpoint: str | os.PathLike) -> dict:
+    """epoch, dataset_version and metrics of a checkpoint (a path or a URI), without loading its weights."""
+    meta_loc = storage.locate(checkpoint).join(META_FILE)
+    if storage.is_file(meta_loc):
+        meta = json.loads(storage.read_bytes(meta_loc))
         if "shape" in meta:
             return meta
-    state = load(directory)  # written before meta.json (or its shape entry) existed
+    state = load(checkpoint)  # written before meta.json (or its shape entry) existed
     num_classes = state["model"][next(reversed(state["model"]))].shape[0]  # the last layer's bias
     return {**{k: state[k] for k in ("epoch", "dataset_version", "metrics")},
             "shape": shape_of(state["config"], num_classes)}
 
 
-def find_latest(storage: str, run_name: str) -> tuple[str, int] | None:
-    """(checkpoint path, its epoch) of the highest epoch stored for `run_name` under `storage`
-    (a directory or a pyarrow/fsspec URI), or None when the run has no complete checkpoint."""
+def find_latest(storage_path: str, run_name: str) -> tuple[str, int] | None:
+    """(checkpoint path or URI, its epoch) of the highest epoch stored for `run_name` under
+    `storage_path` (a folder or a URI such as s3://bucket/runs), or None when the run has no
+    complete checkpoint."""
     import pyarrow.fs
 
+    run = storage.locate(storage_path).join(run_name)
     try:
-        fs, root = pyarrow.fs.FileSystem.from_uri(storage)
-    except (pyarrow.ArrowInvalid, ValueError):
-        fs, root = pyarrow.fs.LocalFileSystem(), os.path.abspath(storage)
-    run_dir = f"{root.rstrip('/')}/{run_name}"
-    try:
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True))
+        entries = storage.listing(run)
     except OSError:
         return None
     best = None
     for entry in entries:
         if entry.type != pyarrow.fs.FileType.Directory or not entry.base_name.startswith("checkpoint_"):
             continue
+        folder = run.join(entry.base_name)
         try:
-            with fs.open_input_stream(f"{entry.path}/{META_FILE}") as f:
-                meta = json.loads(f.read())
+            meta = json.loads(storage.read_bytes(folder.join(META_FILE)))
             epoch = int(meta["epoch"])
-            state = fs.get_file_info(f"{entry.path}/{STATE_FILE}")
+            state = folder.fs.get_file_info(folder.join(STATE_FILE).path)
             if state.type != pyarrow.fs.FileType.File or state.size != meta.get("state_bytes", state.size):
                 continue  # upload cut off (a killed driver or worker): not a checkpoint to resume from
         except (OSError, ValueError, KeyError):
             continue  # half-uploaded or foreign: not a checkpoint to resume from
         if best is None or epoch > best[1]:
-            best = (entry.path if "://" not in storage else _uri(storage, root, entry.path), epoch)
+            best = (folder.uri, epoch)
     return best
 
 
-def _uri(storage: str, root: str, path: str) -> str:
-    scheme = storage.split("://", 1)[0]
-    return f"{scheme}://{path}"
+def uri_of(storage_path: str, path: str) -> str:
+    """A checkpoint folder that Ray Train names by its path on the storage's filesystem
+    (`bucket/runs/RUN/checkpoint_...` for s3://bucket/runs) -> its path or URI."""
+    root = storage.locate(storage_path)
+    if root.local or not path.startswith(root.path.rstrip("/") + "/"):
+        return path
+    return root.uri.rstrip("/") + path[len(root.path.rstrip("/")):]

@@ -24,6 +24,7 @@ from alexnet.config import Config, flatten, to_yaml
 from alexnet.provenance import git_commit
 from alexnet.publish import PENDING_TAG, REPORT_DIR, NotPublished, publish, stage
 from alexnet.registry import Evaluation
+from alexnet.shared_storage import check_storage
 from alexnet.tracking import (TrackingUnavailable, client_for, explain, is_local_store, is_tracking_error, log_dataset,
                               log_params, redact, set_tags, short, tracked_run)
 from alexnet.trainer import check_inputs, fit, load_classifier, resume_point
@@ -59,6 +60,7 @@ def run_training(cfg: Config, *, tracking_uri: str, storage: str, run_name: str,
     info = check_inputs(cfg)
     check_register_as(cfg.run.register_as)
     check_tracking_store(tracking_uri, alive_nodes())
+    check_storage(storage)  # a node-local --storage on a multi-node cluster: one line now, not after an epoch
     # An incompatible checkpoint is refused now, before an MLflow run exists that would only record the refusal.
     resume_point(cfg, storage, run_name, resume_from, num_classes=info.num_classes)
     print("resolved config:\n" + to_yaml(cfg), flush=True)

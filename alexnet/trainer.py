@@ -189,8 +189,7 @@ def resume_point(cfg: Config, storage: str, run_name: str, resume_from: str | No
         return None
     path = own[0] if own else resume_from
     try:
-        with _checkpoint_dir(path) as d:
-            meta = checkpoint.read_meta(d)
+        meta = checkpoint.read_meta(path)  # meta.json only, wherever it is stored
     except (FileNotFoundError, OSError, RuntimeError, ValueError, KeyError) as err:
         what = f"--resume-from {resume_from}" if own is None else f"run {run_name!r}'s latest checkpoint {path}"
         raise UserError(f"{what}: not a readable checkpoint ({err})") from None
@@ -200,12 +199,6 @@ def resume_point(cfg: Config, storage: str, run_name: str, resume_from: str | No
                if own else "resume only from a checkpoint of the same model, classes and optimiser")
         raise UserError(f"cannot resume from {path}: {'; '.join(differs)}. {how}")
     return path, int(meta["epoch"])
-
-
-def _checkpoint_dir(path: str):
-    from ray.train import Checkpoint
-
-    return Checkpoint(path).as_directory() if "://" in path else Checkpoint.from_directory(path).as_directory()
 
 
 def _fit_interruptibly(trainer):
@@ -259,21 +252,23 @@ def _outcome(result, run_name: str, storage: str, resume: tuple[str, int] | None
     else:
         ckpt, metrics = result.checkpoint, (result.metrics or {})
     latest = result.checkpoint or ckpt
-    with latest.as_directory() as d:
-        last = checkpoint.read_meta(d)
+    # Ray names a checkpoint by its path on the storage's filesystem (bucket/runs/... on s3://):
+    # the outcome names it as every reader here opens it, a local path or a URI.
+    best_path, latest_path = checkpoint.uri_of(storage, ckpt.path), checkpoint.uri_of(storage, latest.path)
+    last = checkpoint.read_meta(latest_path)
     return Outcome(run_name=run_name, val_top1=float(metrics.get("val_top1", last["metrics"]["val_top1"])),
-                   epochs=int(last["epoch"]) + 1, best_checkpoint=ckpt.path, latest_checkpoint=latest.path,
+                   epochs=int(last["epoch"]) + 1, best_checkpoint=best_path, latest_checkpoint=latest_path,
                    storage=storage, resumed_from_epoch=resume[1] if resume else None,
                    resumed_from=resume[0] if resume else None)
 
 
-def load_classifier(checkpoint_dir: str, info: DatasetInfo):
-    """A checkpoint -> the servable model (uint8 in, logits out) on CPU, in eval mode: the network
-    with the dataset's normalisation and classes and the run's val crop and resize."""
+def load_classifier(checkpoint_path: str, info: DatasetInfo):
+    """A checkpoint (a path or a URI) -> the servable model (uint8 in, logits out) on CPU, in eval
+    mode: the network with the dataset's normalisation and classes and the run's val crop and resize."""
     from alexnet.config import from_dict
     from alexnet.export import ModelSpec, build
 
-    state = checkpoint.load(checkpoint_dir)
+    state = checkpoint.load(checkpoint_path)
     cfg = from_dict(state["config"])
     spec = ModelSpec(arch=cfg.model.arch, hidden=cfg.model.hidden, classes=tuple(info.classes),
                      mean=tuple(info.pixel_mean), std=tuple(info.pixel_std), crop=cfg.data.crop, resize=cfg.data.resize)

@@ -48,7 +48,7 @@ def test_two_workers_checkpoint_every_epoch_then_the_same_run_name_resumes_and_n
     first = _fit(shapes_dataset, tmp_path, "r", "run.num_workers=2", "optim.epochs=1")
     assert first.epochs == 1 and first.resumed_from_epoch is None
     state = checkpoint.load(first.latest_checkpoint)
-    assert {"model", "optimizer", "plateau", "scaler", "epoch", "config", "dataset_version"} <= set(state)
+    assert {"model", "optimizer", "plateau", "epoch", "config", "dataset_version"} <= set(state)
     assert state["config"]["run"]["num_workers"] == 2 and state["epoch"] == 0
 
     again = _fit(shapes_dataset, tmp_path, "r", "run.num_workers=1", "optim.epochs=2")

@@ -22,8 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.epochs=5 (repeatable)")
     p.add_argument("--workdir", default="alexnet-work", help="checkpoints and the default MLflow store (default: ./alexnet-work)")
-    p.add_argument("--storage", help="Ray Train storage path for checkpoints: a directory or a URI like s3://bucket/runs "
-                                     "(default: WORKDIR/runs)")
+    p.add_argument("--storage", help="where checkpoints go (Ray Train's storage path): a URI such as s3://bucket/runs, "
+                                     "or a folder (default: WORKDIR/runs); on a cluster of several nodes a URI, or a "
+                                     "folder on a network filesystem every node mounts")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in WORKDIR)")
     p.add_argument("--experiment", default="alexnet", help="MLflow experiment name")
@@ -42,12 +43,11 @@ def run(args) -> int:
     from jobs.runtime import prepare_workdir, ray_session
     from alexnet.run import new_run_name, run_training
     from pipelines.loader import stored_side
-    from pipelines.storage import is_uri
 
     if not args.recipe:
         raise UserError(f"--recipe is required: a shipped recipe ({', '.join(shipped_recipes())}) or a YAML file; "
                         "`torchvision` and `paper` are the full ImageNet recipes, `smoke` a 2-epoch installation check")
-    data = args.data if args.data is None or is_uri(args.data) else os.path.abspath(args.data)  # s3:// as is
+    data = _absolute(args.data) if args.data else None
     overrides = ([f"data.path={data}"] if data else []) + list(args.overrides)
     cfg = load_config(args.recipe, overrides)
     print(f"recipe: {args.recipe} ({recipe_path(args.recipe)})" + (f", overrides: {' '.join(args.overrides)}"
@@ -63,12 +63,19 @@ def run(args) -> int:
     tracking_uri = args.tracking_uri or work.tracking_uri
     with ray_session():
         report = run_training(
-            cfg, tracking_uri=tracking_uri, storage=args.storage or str(work.runs),
+            cfg, tracking_uri=tracking_uri, storage=_absolute(args.storage or str(work.runs)),
             run_name=args.run_name or new_run_name("train"), model_dir=work.root / "models",
             experiment=args.experiment, artifact_location=None if args.tracking_uri else work.artifacts, tags=tags,
-            resume_from=args.resume_from, source="alexnet train",
+            resume_from=_absolute(args.resume_from) if args.resume_from else None, source="alexnet train",
         )
     print(f"MLflow run id: {report.run_id}  run name: {report.run_name}")
     print(f"val top-1: {report.val_top1:.4f} after {report.epochs} epochs; best checkpoint {report.checkpoint}")
     print(f"model: {report.model_uri} {report.registered}")
     return 0
+
+
+def _absolute(target: str) -> str:
+    """A URI (s3://...) as given; a local path made absolute, so the Ray workers resolve it as typed."""
+    from pipelines.storage import is_uri
+
+    return target if is_uri(target) else os.path.abspath(target)
