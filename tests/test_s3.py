@@ -142,11 +142,11 @@ def _model(info, crop=64, resize=72):
     import torch
 
     from alexnet import build_model
-    from alexnet.export import Classifier
+    from alexnet.export import Classifier, ModelSpec
 
     torch.manual_seed(0)
-    return Classifier(build_model("torchvision", info.num_classes, hidden=32), info.pixel_mean, info.pixel_std,
-                      info.classes, crop=crop, resize=resize).eval()
+    spec = ModelSpec("torchvision", 32, tuple(info.classes), tuple(info.pixel_mean), tuple(info.pixel_std), crop, resize)
+    return Classifier(build_model("torchvision", info.num_classes, hidden=32), spec).eval()
 
 
 def test_ray_data_train_check_evaluate_and_predict_read_an_s3_dataset(ray_local, s3_bucket, tmp_path):
@@ -158,7 +158,7 @@ def test_ray_data_train_check_evaluate_and_predict_read_an_s3_dataset(ray_local,
     dest = f"{s3_bucket}/ds"
     ingest(_images(tmp_path / "src", n=12), dest, OPTS)
     info = open_dataset(dest)
-    batch = train_dataset(info, crop=64, pca_std=0.1, flip=True, seed=1).take_batch(8)
+    batch = train_dataset(info, crop=64, resize=72, pca_std=0.1, flip=True, seed=1).take_batch(8)
     assert batch["image"].shape == (8, 3, 64, 64) and set(batch["label"]) <= {0, 1}
     assert val_dataset(info, crop=64, resize=72).count() == info.split_size("val")
     assert read_shards(info.shard_paths("train"), ["id", "label"]).count() == info.split_size("train")

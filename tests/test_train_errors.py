@@ -123,7 +123,7 @@ def test_a_tracking_store_that_cannot_be_used_at_start_is_one_line(ray_local, sh
     uris = {"down": f"http://127.0.0.1:{free_port()}", "file-as-folder": f"sqlite:///{tmp_path / 'a-file' / 'm.db'}"}
     with _Refusing() as refusing:
         uri = refusing if store == "refusing" else uris.get(store, store)
-        rc = main(["train", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), "--tracking-uri", uri,
+        rc = main(["train", "--recipe", "smoke", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), "--tracking-uri", uri,
                    "--set", "optim.batch_size=16"])
     line = _one_error_line(capsys)
     assert rc == 2 and line.startswith("alexnet train: error: ") and needle in line, line
@@ -132,7 +132,7 @@ def test_a_tracking_store_that_cannot_be_used_at_start_is_one_line(ray_local, sh
 
 def test_a_model_name_mlflow_would_refuse_after_training_is_refused_before(ray_local, shapes_dataset, tmp_path,
                                                                             capsys):
-    rc = main(["train", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"),
+    rc = main(["train", "--recipe", "smoke", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"),
                "--set", "run.register_as=team/alexnet"])
     line = _one_error_line(capsys)
     assert rc == 2 and "run.register_as='team/alexnet': MLflow model names cannot contain" in line
@@ -153,7 +153,7 @@ def test_registry_commands_with_a_store_that_does_not_answer_are_one_line(tmp_pa
 
 @pytest.mark.slow
 def test_a_diverged_run_is_one_line_naming_what_to_change(ray_local, shapes_dataset, tmp_path, capsys):
-    rc = main(["train", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), "--set", "optim.lr=1e38",
+    rc = main(["train", "--recipe", "smoke", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), "--set", "optim.lr=1e38",
                "--set", "optim.batch_size=16", "--set", "optim.epochs=1"])
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
