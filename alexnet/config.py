@@ -212,12 +212,19 @@ def recipe_path(name_or_path: str) -> Path:
 
 
 def parse_overrides(overrides: list[str]) -> dict:
+    """["optim.lr=0.02"] -> {"optim": {"lr": 0.02}}; an unknown section or key is blamed on its --set."""
     nested: dict = {}
+    sections = typing.get_type_hints(Config)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or key.count(".") != 1:
             raise UserError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.02")
         group, name = key.split(".")
+        if group not in sections:
+            raise UserError(f"--set {item}: unknown section {group!r}; valid: {', '.join(sections)}")
+        fields = typing.get_type_hints(sections[group])
+        if name not in fields:
+            raise UserError(f"--set {item}: unknown key {key}; valid: {', '.join(fields)}")
         nested.setdefault(group, {})[name] = yaml.safe_load(value) if value else value
     return nested
 
@@ -242,7 +249,10 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
     return from_dict(raw, source)
 
 
-def to_yaml(cfg: Config) -> str:
+def to_yaml(cfg: Config, *, compact: bool = False) -> str:
+    """The config as a recipe file; `compact`: one line per section (still YAML), as printed at start."""
+    if compact:
+        return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None, width=float("inf"))
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 

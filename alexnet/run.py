@@ -39,6 +39,7 @@ class RunReport:
     val_top1: float  # the best epoch's, as the training loop measured it
     chance: float
     epochs: int
+    best_epoch: int  # 0-based, the epoch of `checkpoint` and `val_top1`
     checkpoint: str
     model_uri: str
     registered: str  # models:/NAME/VERSION, or "" (not registered)
@@ -63,7 +64,7 @@ def run_training(cfg: Config, *, tracking_uri: str, storage: str, run_name: str,
     check_storage(storage)  # a node-local --storage on a multi-node cluster: one line now, not after an epoch
     # An incompatible checkpoint is refused now, before an MLflow run exists that would only record the refusal.
     resume_point(cfg, storage, run_name, resume_from, num_classes=info.num_classes)
-    print("resolved config:\n" + to_yaml(cfg), flush=True)
+    print("resolved config:\n" + to_yaml(cfg, compact=True), flush=True)
     tags = {"trigger": "manual", **(tags or {}), "ray.run_name": run_name}
     tags.update(source_tags(source, job="ray.job_submission_id" in tags))
     with tracked_run(tracking_uri, experiment=experiment, run_name=run_name, tags=tags,
@@ -77,7 +78,7 @@ def run_training(cfg: Config, *, tracking_uri: str, storage: str, run_name: str,
         raise TrackingUnavailable(f"training finished (best val top-1 {outcome.val_top1:.4f}, checkpoint "
                                   f"{outcome.best_checkpoint}) but the model is not registered: {pending}")
     registered = f"models:/{cfg.run.register_as}/{published.version}" if published.version else ""
-    return RunReport(run_id, run_name, outcome.val_top1, 1.0 / info.num_classes, outcome.epochs,
+    return RunReport(run_id, run_name, outcome.val_top1, 1.0 / info.num_classes, outcome.epochs, outcome.best_epoch,
                      outcome.best_checkpoint, published.model_uri, registered, published.alias, published.decision)
 
 
@@ -116,6 +117,7 @@ def after_training(cfg: Config, info: DatasetInfo, outcome, *, tracking_uri: str
     from alexnet.predict import evaluate
 
     classifier, _ = load_classifier(outcome.best_checkpoint, info)
+    print(f"scoring the best checkpoint (epoch {outcome.best_epoch + 1}) on the val split", flush=True)
     # The number the champion rule compares: alexnet.predict.evaluate, the same function that re-scores a champion.
     scores, labels, preds = evaluate(classifier, info, ten_crop=cfg.data.ten_crop_eval)
     evaluation = Evaluation(info.version, cfg.data.ten_crop_eval, scores.top1, scores.top5, scores.images)

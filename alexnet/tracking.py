@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from typing import Callable
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -290,10 +291,12 @@ def log_dataset(tracking_uri: str, run_id: str, info) -> None:
 
 class MetricLogger:
     """Rank 0's metric writer. A tracking outage must not kill a long training run: failed
-    writes are kept and re-sent with the next call; the failure is printed once."""
+    writes are kept and re-sent with the next call; the failure is told once, through `say`
+    (a line for the user; default: this process's stderr)."""
 
-    def __init__(self, tracking_uri: str, run_id: str):
+    def __init__(self, tracking_uri: str, run_id: str, say: Callable[[str], None] | None = None):
         self.client = client_for(tracking_uri)
+        self.say = say or _to_stderr
         self.run_id = run_id
         self.pending: list[Metric] = []
         self.failing = False
@@ -307,18 +310,22 @@ class MetricLogger:
                 del self.pending[:1000]
         except Exception as err:  # any transport or server error: keep the metrics, go on training
             if not self.failing:
-                print(f"[tracking] MLflow unreachable ({type(err).__name__}: {err}); "
-                      f"training continues, metrics are kept and re-sent", file=sys.stderr)
+                self.say(f"[tracking] MLflow unreachable ({short(err)}); "
+                         f"training continues, metrics are kept and re-sent")
             self.failing = True
             return False
         if self.failing:
-            print("[tracking] MLflow reachable again; back-filled the kept metrics", file=sys.stderr)
+            self.say("[tracking] MLflow reachable again; back-filled the kept metrics")
         self.failing = False
         return True
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def start_system_metrics(tracking_uri: str, run_id: str, *, interval_s: float, node_id: str | None,
-                         resume: bool):
+                         resume: bool, say: Callable[[str], None] | None = None):
     """MLflow's system-metrics sampler (CPU, memory, disk, network; GPU utilisation and memory
     when `nvidia-ml-py` is installed) logging `system/[node_id/]*` to the run every `interval_s`
     seconds, steps continuing after a restart when `resume`. Returns the monitor (call `.finish()`),
@@ -332,5 +339,5 @@ def start_system_metrics(tracking_uri: str, run_id: str, *, interval_s: float, n
         monitor.start()
         return monitor
     except Exception as err:  # a missing optional dependency or an unreachable server
-        print(f"[tracking] system metrics off ({type(err).__name__}: {err})", file=sys.stderr)
+        (say or _to_stderr)(f"[tracking] system metrics off ({type(err).__name__}: {err})")
         return None

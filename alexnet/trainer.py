@@ -46,6 +46,7 @@ class Outcome:
     storage: str
     resumed_from_epoch: int | None = None  # last completed epoch (0-based) of the checkpoint resumed from
     resumed_from: str | None = None  # that checkpoint's path
+    best_epoch: int = 0  # the epoch (0-based) of best_checkpoint, whose val top-1 is val_top1
 
 
 def plan_placement(cfg: Config, cluster: dict) -> Placement:
@@ -117,18 +118,22 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
+    from alexnet.progress import Display, RunView
     from alexnet.worker import train_loop
 
     placement = plan_placement(cfg, ray.cluster_resources())
     if cfg.data.decode == "gpu" and not placement.gpu_decode:
         print("data.decode=gpu: this run has no GPU; Ray Data's CPU workers decode instead", flush=True)
     resume = resume_point(cfg, str(storage), run_name, resume_from, num_classes=info.num_classes)
-    if resume is not None:
-        print(f"resuming run {run_name} from its checkpoint at epoch {resume[1]}: {resume[0]}", flush=True)
-    start = StartEpoch.create()
     first_epoch = resume[1] + 1 if resume is not None else 0
+    if resume is not None:
+        print(f"resuming run {run_name} at epoch {first_epoch + 1}/{cfg.optim.epochs}, from its checkpoint of epoch "
+              f"{resume[1] + 1}: {resume[0]}", flush=True)
+    start = StartEpoch.create()
     per_worker = cfg.optim.batch_size // cfg.run.num_workers
     steps = steps_per_epoch(info.split_size("train"), cfg.run.num_workers, per_worker)
+    print(f"training: {cfg.run.num_workers} worker{'s' if cfg.run.num_workers > 1 else ''} on "
+          f"{'GPU' if placement.use_gpu else 'CPU'}, {steps} steps of {cfg.optim.batch_size} images per epoch", flush=True)
     datasets = {
         # The whole run's epochs in one stream; a worker group restarted later reads its own start.
         "train": train_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
@@ -138,6 +143,9 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
                                decode_on_device=placement.gpu_decode),
         "val": val_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, ten_crop=cfg.data.ten_crop_eval),
     }
+    for ds in datasets.values():
+        ds.context.enable_progress_bars = False  # the run's own bar (alexnet.progress) shows the epoch
+    view = RunView(Display(epochs=cfg.optim.epochs, steps=steps, images_per_step=per_worker * cfg.run.num_workers))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -151,6 +159,7 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
             "run_name": run_name,
             "start": start,
             "steps_per_epoch": steps,
+            "progress": view.channel,  # rank 0's steps and notes, to the driver's terminal
             # data.decode=gpu: the worker decodes and augments the planned rows with this preset
             "device_preset": train_preset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
                                           flip=cfg.data.flip, random_resized_crop=cfg.data.random_resized_crop)
@@ -164,13 +173,18 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
                                                checkpoint_score_attribute="val_top1", checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=[view.reporter(first_epoch=first_epoch, max_failures=cfg.run.max_failures)],
         ),
         datasets=datasets,
     )
+    last_epoch = None
     try:
-        result = _fit_interruptibly(trainer)
+        result = _fit_interruptibly(trainer, poll=view.poll)
+        last_epoch = cfg.optim.epochs - 1
     except TrainingFailedError as err:
         raise _training_error(err) from err
+    finally:
+        view.close(last_epoch=last_epoch)  # a finished run's last epoch line is printed before anything else
     return _outcome(result, run_name, str(storage), resume)
 
 
@@ -201,10 +215,11 @@ def resume_point(cfg: Config, storage: str, run_name: str, resume_from: str | No
     return path, int(meta["epoch"])
 
 
-def _fit_interruptibly(trainer):
-    """Run `trainer.fit()` off the main thread. In the main thread, Ray Train installs a SIGINT
-    handler that ends the process with `sys.exit`; here Ctrl-C stays a KeyboardInterrupt, so the
-    caller marks the MLflow run KILLED and shuts Ray down (which stops the workers)."""
+def _fit_interruptibly(trainer, poll=lambda: None):
+    """Run `trainer.fit()` off the main thread, calling `poll()` between waits. In the main thread,
+    Ray Train installs a SIGINT handler that ends the process with `sys.exit`; here Ctrl-C stays a
+    KeyboardInterrupt, so the caller marks the MLflow run KILLED and shuts Ray down (which stops
+    the workers)."""
     box: dict = {}
 
     def target():
@@ -217,6 +232,7 @@ def _fit_interruptibly(trainer):
     thread.start()
     while thread.is_alive():
         thread.join(0.5)
+        poll()
     if "error" in box:
         raise box["error"]
     return box["result"]
@@ -259,7 +275,7 @@ def _outcome(result, run_name: str, storage: str, resume: tuple[str, int] | None
     return Outcome(run_name=run_name, val_top1=float(metrics.get("val_top1", last["metrics"]["val_top1"])),
                    epochs=int(last["epoch"]) + 1, best_checkpoint=best_path, latest_checkpoint=latest_path,
                    storage=storage, resumed_from_epoch=resume[1] if resume else None,
-                   resumed_from=resume[0] if resume else None)
+                   resumed_from=resume[0] if resume else None, best_epoch=int(metrics.get("epoch", last["epoch"])))
 
 
 def load_classifier(checkpoint_path: str, info: DatasetInfo):

@@ -77,7 +77,9 @@ def train_loop(loop_config: dict) -> None:
     mean = torch.tensor(dataset["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(dataset["std"], device=device).view(1, 3, 1, 1)
     per_worker = cfg.optim.batch_size // world
-    logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    progress = loop_config.get("progress") if rank == 0 else None  # to the driver's terminal (alexnet.progress)
+    logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"],
+                          say=progress.say if progress else None) if rank == 0 else None
     monitor = _system_monitor(cfg, ctx, loop_config, resume=resumed is not None)
     try:
         device_preset = loop_config.get("device_preset")  # data.decode=gpu: augment here, on the device
@@ -103,7 +105,7 @@ def train_loop(loop_config: dict) -> None:
             tr = reduce_sums(
                 train_one_epoch(model, optimizer, islice(stream, steps), device, mean=mean, std=std, epoch=epoch,
                                 label_smoothing=cfg.optim.label_smoothing, amp_dtype=amp_dtype,
-                                channels_last=channels_last),
+                                channels_last=channels_last, before_step=progress.steps(epoch) if progress else None),
                 device,
             )
             val_batches = val_shard.iter_torch_batches(
@@ -176,7 +178,8 @@ def _system_monitor(cfg, ctx, loop_config: dict, *, resume: bool):
     multi_node = ctx.get_local_world_size() < ctx.get_world_size()
     return start_system_metrics(loop_config["tracking_uri"], loop_config["run_id"],
                                 interval_s=cfg.run.system_metrics_interval,
-                                node_id=f"node{ctx.get_node_rank()}" if multi_node else None, resume=resume)
+                                node_id=f"node{ctx.get_node_rank()}" if multi_node else None, resume=resume,
+                                say=loop_config["progress"].say if loop_config.get("progress") else None)
 
 
 def _initial_checkpoint(loop_config: dict):

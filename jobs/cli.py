@@ -4,7 +4,8 @@ Each module in COMMANDS has `add_parser(subparsers)`, which adds its parser and 
 `func=run`, where `run(args) -> int` is the exit code. A `UserError` anywhere below becomes
 one line on stderr and exit code 2, and so does a tracking store that does not answer, refuses
 access or cannot be opened; Ctrl-C exits 130 after the command's own cleanup ran. Anything else
-is a bug and keeps its traceback.
+is a bug and keeps its traceback. `--verbose` (before or after the subcommand) shows Ray's and
+MLflow's own logs on the terminal; by default they go to files (jobs/output.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import importlib
 import sys
 
 from pipelines.errors import UserError
+
+VERBOSE_HELP = "also show Ray's and MLflow's own logs (by default they go to the Ray session's logs folder)"
 
 # Adding a subcommand is one entry here (module path under jobs/).
 COMMANDS = (
@@ -34,15 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="alexnet",
         description="Image dataset -> Parquet -> Ray Data -> Ray Train AlexNet -> MLflow.",
     )
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
+    for command in sub.choices.values():  # also after the subcommand, as in `alexnet train ... --verbose`
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jobs import output
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    output.set_verbose(args.verbose)
     try:
         return int(args.func(args) or 0)
     except UserError as err:

@@ -38,9 +38,6 @@ class Workdir:
     def datasets(self) -> Path:
         return self.root / "datasets"
 
-    def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 --port 5000"
-
 
 def prepare_workdir(path: str | os.PathLike) -> Workdir:
     """Create the work directory or fail with one clear line (exit 2), before any work starts."""
@@ -87,30 +84,50 @@ def sigterm_as_interrupt():
 
 @contextmanager
 def ray_session(num_cpus: int | None = None):
-    """Join the job's cluster when run as a Ray job, else start (and always stop) a local Ray."""
+    """Join the job's cluster when run as a Ray job, else start (and always stop) a local Ray.
+    Unless --verbose, Ray's and MLflow's logs go to files, not the terminal (jobs/output.py)."""
     import ray
+    import ray.data  # configures Ray Data's loggers, which route_library_logs then redirects
+
+    from jobs import output
 
     if ray.is_initialized():
         yield
         return
     configure_mlflow_client()
+    quiet = not output.verbose()
+    log = output.LogFile()
+    if quiet:
+        from alexnet.progress import PLAIN_EVERY_S
+
+        output.route_library_logs(log)
+        os.environ.setdefault(output.RAY_DATA_INTERVAL_VAR, str(int(PLAIN_EVERY_S)))
     original = signal.getsignal(signal.SIGTERM)
+    restore_stderr = None
     try:
         # ray.init installs its own SIGTERM handler (sys.exit, which ends the MLflow run FAILED
         # with a stack dump): ours is installed after it.
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=True)
-        else:
-            ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", logging_level="WARNING",
-                     configure_logging=True, log_to_driver=True)
-        import ray.data
-
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = os.isatty(2)
+        try:
+            if os.environ.get("RAY_ADDRESS"):
+                context = ray.init(log_to_driver=not quiet)
+            else:
+                context = ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", log_to_driver=not quiet)
+        except BaseException:
+            log.show_held()  # what Ray said while failing to start belongs with the error
+            raise
+        data = ray.data.DataContext.get_current()
+        data.enable_progress_bars = True  # a bar on a terminal, else a line every 30 s (jobs/output.py)
+        data.enable_operator_progress_bars = not quiet  # one bar per execution, not one per operator
+        if quiet:
+            log.open(Path(context.address_info["session_dir"]) / "logs" / f"alexnet-driver-{os.getpid()}.log")
+            output.route_library_logs(log)  # and what ray.init configured
+            restore_stderr = output.native_stderr_to(log.path)
         with sigterm_as_interrupt():
             yield
     finally:
         ray.shutdown()
+        if restore_stderr is not None:
+            restore_stderr()
         signal.signal(signal.SIGTERM, original)
 
 

@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from alexnet.config import load_config
+    from jobs.output import ui_hint
     from jobs.runtime import prepare_workdir, ray_session
     from alexnet.run import new_run_name, run_training
     from pipelines.ingest import IngestOptions, ingest
@@ -56,8 +57,9 @@ def run(args) -> int:
                               experiment="alexnet-demo", artifact_location=work.artifacts, source="alexnet demo")
     print()
     print(f"MLflow run id:      {report.run_id}  (run name {report.run_name})")
-    print(f"val top-1:          {report.val_top1:.3f}  (chance {report.chance:.3f}) after {report.epochs} epochs")
+    print(f"best epoch:         {report.best_epoch + 1} of {report.epochs}, val top-1 {report.val_top1:.3f} "
+          f"(chance {report.chance:.3f})")
     print(f"best checkpoint:    {report.checkpoint}")
     print(f"model:              {report.model_uri}" + (f"  registered as {report.registered}" if report.registered else ""))
-    print(f"open the MLflow UI: {work.ui_command()}")
+    print(f"open the MLflow UI: {ui_hint(workdir=work.root)}")
     return 0

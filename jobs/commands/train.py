@@ -40,6 +40,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from alexnet.config import load_config, recipe_path, shipped_recipes
     from alexnet.trainer import check_inputs, scale_note
+    from jobs.output import ui_hint
     from jobs.runtime import prepare_workdir, ray_session
     from alexnet.run import new_run_name, run_training
     from pipelines.loader import stored_side
@@ -69,8 +70,10 @@ def run(args) -> int:
             resume_from=_absolute(args.resume_from) if args.resume_from else None, source="alexnet train",
         )
     print(f"MLflow run id: {report.run_id}  run name: {report.run_name}")
-    print(f"val top-1: {report.val_top1:.4f} after {report.epochs} epochs; best checkpoint {report.checkpoint}")
+    print(f"best epoch: {report.best_epoch + 1} of {report.epochs}, val top-1 {report.val_top1:.4f}; "
+          f"checkpoint {report.checkpoint}")
     print(f"model: {report.model_uri} {report.registered}")
+    print(f"open the MLflow UI: {ui_hint(workdir=work.root, tracking_uri=args.tracking_uri)}")
     return 0
 
 
