@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,7 +113,7 @@ def test_a_killed_driver_rerun_with_the_same_run_name_continues_at_the_next_epoc
     work = tmp_path / "work"
     cmd = [sys.executable, "-m", "jobs.cli", "train", "--recipe", "smoke", "--data", str(shapes_dataset), "--workdir", str(work),
            "--run-name", "X", *[a for o in TINY + ["optim.epochs=3"] for a in ("--set", o)]]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = dict(os.environ)  # token auth on, with the session's token (tests/conftest.py)
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         _wait_for(lambda: checkpoint.find_latest(str(work / "runs"), "X") or driver.poll() is not None, 300,
@@ -127,8 +128,17 @@ def test_a_killed_driver_rerun_with_the_same_run_name_continues_at_the_next_epoc
     assert done < 2
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resuming run X from its checkpoint at epoch {done}" in rerun.stdout
-    assert "after 3 epochs" in rerun.stdout
+    assert f"resuming run X at epoch {done + 2}/3, from its checkpoint of epoch {done + 1}" in rerun.stdout
+    # What a user sees (issue 14): the project's own line per epoch, the best epoch named, no Ray internals.
+    epochs = [line for line in rerun.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == [f"{k}/3" for k in range(done + 2, 4)], rerun.stdout
+    assert all(" top-1 " in line and " img/s " in line and "data wait" in line for line in epochs)
+    assert re.search(r"^best epoch: [1-3] of 3, val top-1 ", rerun.stdout, re.M), rerun.stdout
+    shown = rerun.stdout + rerun.stderr
+    for internal in ("SplitCoordinator", "Starting execution", "TrainingReport", "(RayTrainWorker", "pid=",
+                     "streaming_executor", "INFO worker.py"):
+        assert internal not in shown, f"{internal!r} reached the terminal:\n{shown[-3000:]}"
+    assert len(shown.strip().splitlines()) < 40, shown
 
 
 def test_checkpoints_without_a_shape_entry_still_tell_their_shape(tmp_path):
