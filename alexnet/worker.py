@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from functools import partial
 from itertools import islice
 
 import torch
 
 from alexnet import build_model, checkpoint
 from alexnet.config import from_dict
+from alexnet.device_input import DeviceFeeder
 from alexnet.engine import evaluate, reduce_sums, train_one_epoch
 from alexnet.schedules import Plateau, lr_at, scaled_lr
 from alexnet.tracking import MetricLogger, start_system_metrics
@@ -81,6 +83,7 @@ def train_loop(loop_config: dict) -> None:
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"],
                           say=progress.say if progress else None) if rank == 0 else None
     monitor = _system_monitor(cfg, ctx, loop_config, resume=resumed is not None)
+    stream = None
     try:
         device_preset = loop_config.get("device_preset")  # data.decode=gpu: augment here, on the device
         train_shard = ray.train.get_dataset_shard("train")
@@ -91,7 +94,7 @@ def train_loop(loop_config: dict) -> None:
         if world > 1:
             torch.distributed.barrier()  # nobody starts the stream before the start epoch is set
         # One stream for the whole run (pipelines.loader): its next K batches are the epoch's.
-        stream = _on_device(_host_batches(train_shard, device_preset is not None, device, batch_size=per_worker,
+        stream = _device_input(_host_batches(train_shard, device_preset is not None, device, batch_size=per_worker,
                                           shuffle_buffer=cfg.data.shuffle_buffer or None,
                                           shuffle_seed=cfg.data.seed * 100003 + start_epoch * 1009 + rank),
                             device_preset, device)
@@ -129,6 +132,8 @@ def train_loop(loop_config: dict) -> None:
         if logger is not None and logger.pending:
             logger.log({}, step=cfg.optim.epochs - 1)  # last chance to back-fill after an outage
     finally:
+        if isinstance(stream, DeviceFeeder):
+            stream.close()
         if monitor is not None:
             monitor.finish()
 
@@ -152,22 +157,23 @@ def epoch_metrics(epoch: int, lr: float, tr: dict, va: dict, *, wall_s: float, w
 
 def _host_batches(shard, encoded: bool, device, *, batch_size: int, shuffle_buffer: int | None, shuffle_seed: int):
     """This worker's batches of one epoch from its Ray Data shard: uint8 image / int64 label tensors,
-    or, when `encoded` (data.decode=gpu), numpy rows still encoded, with their augmentation plans."""
+    or, when `encoded` (data.decode=gpu), Arrow tables of rows still encoded, with their augmentation plans."""
     if not encoded:
         return shard.iter_torch_batches(
             batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=shuffle_buffer,
             local_shuffle_seed=shuffle_seed, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu",
             pin_memory=device.type == "cuda", prefetch_batches=PREFETCH_BATCHES)
     return shard.iter_batches(batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=shuffle_buffer,
-                              local_shuffle_seed=shuffle_seed, batch_format="numpy", prefetch_batches=PREFETCH_BATCHES)
+                              local_shuffle_seed=shuffle_seed, batch_format="pyarrow", prefetch_batches=PREFETCH_BATCHES)
 
 
-def _on_device(host, device_preset, device):
-    """With a `device_preset` the encoded rows are decoded and augmented here, on the device, in the
-    train loop's thread; the time counts as data wait, as it is input work."""
+def _device_input(host, device_preset, device):
+    """With a `device_preset` the encoded rows are decoded and augmented on the device by a
+    DeviceFeeder: batch k+1 is made in its thread (on a side CUDA stream) while the model trains
+    on batch k, so only what the feeder has not finished in time counts as data wait."""
     if device_preset is None:
         return host
-    return (augment_on_device(batch, device_preset, device) for batch in host)
+    return DeviceFeeder(host, partial(augment_on_device, preset=device_preset, device=device), device)
 
 
 def _system_monitor(cfg, ctx, loop_config: dict, *, resume: bool):

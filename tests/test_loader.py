@@ -249,3 +249,30 @@ def test_an_unreadable_shard_is_named_before_any_task_runs(info, tmp_path):
     broken = dataclasses.replace(info, shards={**info.shards, "train": [*info.shards["train"], str(bad)]})
     with pytest.raises(UserError, match="part-bad.parquet: not a readable Parquet shard"):
         train_dataset(broken, crop=32, resize=72, pca_std=0.0, flip=False, seed=1)
+
+
+def test_the_train_worker_reads_a_planned_stream_through_its_device_feeder(info):
+    """data.decode=gpu in the train loop: the shard's Arrow batches go through a DeviceFeeder
+    (here on the CPU device) and come out as the CPU path's pixels, batch after batch."""
+    import torch
+
+    from alexnet import worker
+    from alexnet.device_input import DeviceFeeder
+
+    # Whole batches only: both streams hold the same rows (drop_last drops nothing).
+    kw = dict(crop=48, resize=72, pca_std=0.1, flip=True, seed=5, epoch=0, per_epoch=info.split_size("train") // 8 * 8)
+    preset = train_preset(info, crop=48, resize=72, pca_std=0.1, flip=True, random_resized_crop=False)
+    cpu = torch.device("cpu")
+    host = worker._host_batches(train_dataset(info, decode_on_device=True, **kw).iterator(), True, cpu,
+                                batch_size=8, shuffle_buffer=None, shuffle_seed=0)
+    expected = worker._host_batches(train_dataset(info, **kw).iterator(), False, cpu,
+                                    batch_size=8, shuffle_buffer=None, shuffle_seed=0)
+    stream = worker._device_input(host, preset, cpu)
+    assert isinstance(stream, DeviceFeeder)
+    try:
+        got = {(int(lab), img.numpy().tobytes()) for b in stream for lab, img in zip(b["label"], b["image"])}
+    finally:
+        stream.close()
+    want = {(int(lab), img.numpy().tobytes()) for b in expected for lab, img in zip(b["label"], b["image"])}
+    assert len(got) >= 8 and got == want
+    assert worker._device_input(expected, None, cpu) is expected  # the CPU path passes through
