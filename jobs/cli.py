@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from pipelines.errors import UserError
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     output.set_verbose(args.verbose)
+    if not args.verbose:  # MLflow's download bars (a model loaded for predict/evaluate) are its own output
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return int(args.func(args) or 0)
     except UserError as err:
