@@ -89,20 +89,24 @@ def test_second_demo_adds_a_new_run_and_keeps_the_first(demo_workdir, capsys):
     assert sorted(int(v.version) for v in client.search_model_versions("name='alexnet'")) == [1, 2]
 
 
-def _ray_processes() -> set[int]:
+def _processes_marked(mark: str) -> set[int]:
+    """The live processes whose environment carries `mark`: the command's own Ray (GCS, raylet,
+    workers inherit its environment), not another Ray that shares this machine."""
     import psutil
 
     found = set()
-    for p in psutil.process_iter(["pid", "name", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "raylet" in cmd or "gcs_server" in cmd or (p.info["name"] or "").startswith("ray::"):
-            found.add(p.info["pid"])
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and p.environ().get("ALEXNET_TEST_MARK") == mark:
+                found.add(p.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
     return found
 
 
 def test_ctrl_c_stops_ray_cleanly(tmp_path):
-    before = _ray_processes()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    mark = f"ctrl-c-{os.getpid()}-{time.time_ns()}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ALEXNET_TEST_MARK": mark}
     proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "demo", "--workdir", str(tmp_path),
                              "--images-per-class", "10", "--epochs", "50"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -111,6 +115,7 @@ def test_ctrl_c_stops_ray_cleanly(tmp_path):
         if "resolved config" in line or time.time() > deadline:
             break
     time.sleep(8)
+    assert len(_processes_marked(mark)) > 2, "its Ray was not running"  # the check below can fail
     proc.send_signal(signal.SIGINT)
     try:
         proc.communicate(timeout=90)
@@ -119,5 +124,5 @@ def test_ctrl_c_stops_ray_cleanly(tmp_path):
         pytest.fail("alexnet demo did not exit within 90 s of Ctrl-C")
     assert proc.returncode == 130
     time.sleep(3)
-    leftovers = _ray_processes() - before
+    leftovers = _processes_marked(mark)
     assert not leftovers, f"Ray processes left behind after Ctrl-C: {leftovers}"
