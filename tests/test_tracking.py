@@ -16,6 +16,9 @@ from pipelines.errors import UserError
 from tests.mlflow_helpers import MlflowServer, free_port, train_args, train_cli, trained_sqlite
 
 
+PASSWORD = "hunter2-tracking-pw"
+
+
 def client(uri: str) -> MlflowClient:
     return MlflowClient(uri, registry_uri=uri)
 
@@ -217,3 +220,21 @@ def test_only_errors_that_come_through_mlflow_are_blamed_on_the_tracking_store(m
     with pytest.raises(Exception) as tracking:
         client(uri).get_experiment_by_name("e")
     assert problem(tracking.value) == "outage" and "start the tracking server" in explain(tracking.value, uri)
+
+
+@pytest.mark.fault("tracking URI with a password, store down: metric writes and the run's final status fail", inputs=2,
+                   outcome="both lines printed name the failure with the password masked; the metrics are kept")
+def test_errors_about_a_store_whose_uri_holds_a_password_never_print_it(monkeypatch, capsys):
+    """MLflow's own error text repeats the request URL, credentials included."""
+    from alexnet.tracking import finish_run
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    uri = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
+    lines = []
+    logger = MetricLogger(uri, "0" * 32, say=lines.append)
+    assert not logger.log({"train/loss": 1.0}, step=0) and len(logger.pending) == 1
+    assert not finish_run(uri, "0" * 32, "FINISHED", retry=False)
+    printed = "\n".join(lines) + capsys.readouterr().err
+    assert "MLflow unreachable" in printed and "could not mark MLflow run" in printed
+    assert "127.0.0.1" in printed and PASSWORD not in printed and "alice" not in printed
