@@ -8,6 +8,7 @@ one there)."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -80,3 +81,16 @@ def test_a_refused_schedule_tick_is_recorded_and_retried(ray_head, ray_auth_toke
     assert "refused" in state["last_error"] and state["last_slot"] is None and state["jobs"] == []
     status = cli(["schedule", "status", "--file", str(f), "--now", "2026-01-05T02:03:00+00:00"], home)
     assert "last error" in status.stdout and "RAY_AUTH_TOKEN" in status.stdout
+
+
+# Turning token auth off: a variable set in code, or on a documented command line.
+TURNS_AUTH_OFF = re.compile(r"""RAY_AUTH_MODE["']\s*[,:\]]\s*=?\s*["']disabled|RAY_AUTH_MODE=disabled\s*&&""")
+
+
+def test_no_script_of_the_project_turns_token_auth_off():
+    """A benchmark or job's local Ray keeps Ray's default: it binds to the node's address, not
+    only loopback. Reading RAY_AUTH_MODE (jobs.cluster honours a user's choice) is not setting it."""
+    root = Path(__file__).resolve().parents[1]
+    sources = [p for d in ("alexnet", "benchmarks", "jobs", "pipelines") for p in (root / d).rglob("*.py")]
+    offenders = [str(p.relative_to(root)) for p in sources if TURNS_AUTH_OFF.search(p.read_text())]
+    assert sources and not offenders, offenders
