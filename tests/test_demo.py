@@ -100,6 +100,8 @@ def _ray_processes() -> set[int]:
     return found
 
 
+@pytest.mark.fault("Ctrl-C (SIGINT) to `alexnet demo` mid-training", inputs=1,
+                   outcome="exit 130 within 90 s; no Ray process left behind")
 def test_ctrl_c_stops_ray_cleanly(tmp_path):
     before = _ray_processes()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
