@@ -53,6 +53,18 @@ def test_spec_carries_env_and_run_identity_but_prints_secrets_redacted():
     assert ".venv" in spec.runtime_env()["excludes"] and Path(spec.runtime_env()["working_dir"], "jobs").is_dir()
 
 
+@pytest.mark.fault("a job server address carrying user:password@ that does not answer", inputs=2,
+                   outcome="`jobs list` and `submit` exit 2, one line naming the address with the password masked")
+def test_an_address_with_a_password_never_prints_it(capsys):
+    address = f"http://user:hunter2-address-pw@127.0.0.1:{free_port()}"
+    for args in (["jobs", "list", "--address", address], ["submit", "ingest", "--address", address, "--", "a", "b"]):
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert "cannot reach a Ray job server" in err and len(err.splitlines()) == 1, err
+        assert "127.0.0.1" in err and "hunter2-address-pw" not in captured.out + err
+
+
 @pytest.mark.fault("`submit train` without --recipe", inputs=1,
                    outcome="refused before submitting")
 def test_a_train_job_without_a_recipe_is_refused_before_submitting():
