@@ -17,7 +17,7 @@ from typing import Callable
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from alexnet.redaction import redact  # the one redaction rule (also imported from here)
+from alexnet.redaction import redact, redact_text  # the one redaction rule (redact also imported from here)
 from pipelines.errors import UserError
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -35,8 +35,10 @@ class TrackingUnavailable(UserError):
 
 
 def short(err: BaseException, limit: int = 300) -> str:
-    """An exception as one line of at most about `limit` characters."""
-    text = str(err).strip()
+    """An exception as one line of at most about `limit` characters, credentials masked: MLflow's
+    error text repeats the request URL, `user:password@` included. Masked before it is cut, so a
+    cut never leaves half a credential the mask no longer recognises."""
+    text = redact_text(str(err)).strip()
     line = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
     return line if len(line) <= limit else line[:limit] + "..."
 
@@ -339,5 +341,5 @@ def start_system_metrics(tracking_uri: str, run_id: str, *, interval_s: float, n
         monitor.start()
         return monitor
     except Exception as err:  # a missing optional dependency or an unreachable server
-        (say or _to_stderr)(f"[tracking] system metrics off ({type(err).__name__}: {err})")
+        (say or _to_stderr)(f"[tracking] system metrics off ({short(err)})")
         return None

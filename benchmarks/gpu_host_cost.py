@@ -45,7 +45,6 @@ from collections import Counter
 from itertools import islice
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BATCH = 256

@@ -99,7 +99,6 @@ def main() -> int:
         base_s = time.perf_counter() - t
         print(f"baseline: {n_base} images in {base_s:.1f} s", flush=True)
 
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:

@@ -236,7 +236,6 @@ def main() -> None:
 
     from pipelines.dataset import load_info
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local Ray on loopback
     info = load_info(make_dataset(Path(args.data), args.images, args.size, args.shards))
     load_before = os.getloadavg()[0]
     single = single_process_costs(info, args.crop)

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from alexnet.redaction import redact_text
 from pipelines.errors import UserError
 
 REQUEST_TIMEOUT_S = 60.0  # seconds to connect, and again for each wait on the server's answer
@@ -50,7 +51,8 @@ def resolve_address(address: str | None) -> str:
     if not address:
         raise UserError("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
     if address == "auto" or "://" not in address and address.endswith(":6379"):
-        raise UserError(f"--address {address}: give the job server's http://HOST:8265 address, not the GCS port")
+        raise UserError(f"--address {redact_text(address)}: give the job server's http://HOST:8265 address, "
+                        "not the GCS port")
     return address if "://" in address else f"http://{address}"
 
 
@@ -84,14 +86,15 @@ def auth_headers(environ=os.environ) -> dict[str, str]:
 def _refusal(url: str, status: int) -> Refused:
     source = token_source()
     if status == 401:
-        return Refused(f"--address {url}: the Ray job server refused the request: it requires a token and "
+        return Refused(f"--address {redact_text(url)}: the Ray job server refused the request: it requires a token and "
                        f"none was sent (token: {source}); {TOKEN_HELP}")
-    return Refused(f"--address {url}: the Ray job server refused the token from {source} (not this "
+    return Refused(f"--address {redact_text(url)}: the Ray job server refused the token from {source} (not this "
                    f"cluster's); {TOKEN_HELP}")
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
+    """An error's first line, credentials masked (an --address may carry user:password@)."""
+    text = redact_text(str(err)).strip()
     return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
@@ -115,10 +118,10 @@ def _client_class():
             except AuthenticationError as err:
                 raise _refusal(self._address, 403 if "Authentication failed" in err.message else 401) from None
             except requests.Timeout:
-                raise Unreachable(f"--address {self._address}: the Ray job server did not answer within "
+                raise Unreachable(f"--address {redact_text(self._address)}: the Ray job server did not answer within "
                                   f"{self.timeout_s:g} s") from None
             except requests.RequestException as err:
-                raise Unreachable(f"--address {self._address}: cannot reach a Ray job server "
+                raise Unreachable(f"--address {redact_text(self._address)}: cannot reach a Ray job server "
                                   f"({_first_line(err)})") from None
 
     return Client
@@ -132,7 +135,7 @@ def connect(address: str | None, timeout_s: float = REQUEST_TIMEOUT_S):
     except ClusterError:
         raise
     except (ConnectionError, RuntimeError) as err:  # Ray's own wording of a refused connection or version
-        raise Unreachable(f"--address {url}: cannot reach a Ray job server ({_first_line(err)})") from None
+        raise Unreachable(f"--address {redact_text(url)}: cannot reach a Ray job server ({_first_line(err)})") from None
 
 
 def _unknown(err: RuntimeError) -> bool:

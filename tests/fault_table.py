@@ -19,9 +19,14 @@ TABLE = ROOT / "docs" / "FAULTS.md"
 
 AREAS = {  # test file -> the part of the system it covers, in the order the table lists them
     "test_ingest": "Ingest", "test_ingest_kill": "Ingest", "test_ingest_destination": "Ingest",
-    "test_atomic": "Files", "test_dataset": "Dataset format", "test_decode": "Images",
-    "test_s3": "Object storage", "test_cluster": "Clusters and checkpoints", "test_train": "Training",
-    "test_train_errors": "Errors a user meets", "test_cli": "Errors a user meets",
+    "test_atomic": "Files", "test_dataset": "Dataset format",
+    "test_decode": "Images", "test_device_augment": "Images",
+    "test_s3": "Object storage",
+    "test_two_nodes": "Clusters and checkpoints", "test_checkpoint_storage": "Clusters and checkpoints",
+    "test_train": "Training", "test_engine": "Training", "test_loader": "Training", "test_device_input": "Training",
+    "test_imports": "Training", "test_demo": "Training",
+    "test_train_errors": "Errors a user meets", "test_cli": "Errors a user meets", "test_config": "Errors a user meets",
+    "test_output": "Errors a user meets", "test_models": "Errors a user meets",
     "test_publish": "Tracking and registry", "test_tracking": "Tracking and registry",
     "test_registry": "Tracking and registry", "test_model_files": "Model files",
     "test_submit": "Jobs and scheduling", "test_schedule": "Jobs and scheduling", "test_auth": "Jobs and scheduling",
@@ -49,13 +54,19 @@ def collect() -> list[dict]:
 
 
 def pytest_collection_finish(session) -> None:
-    """Plugin hook (`-p tests.fault_table`): print one FAULT line per marked test."""
+    """Plugin hook (`-p tests.fault_table`): print one FAULT line per marked test function; a
+    parametrized test is one line, its marker's `inputs` counting the cases."""
+    seen = set()
     for item in session.items:
+        test = item.nodeid.split("[")[0]
         for mark in item.iter_markers("fault"):
+            if (test, mark.args, tuple(sorted(mark.kwargs.items()))) in seen:
+                continue
+            seen.add((test, mark.args, tuple(sorted(mark.kwargs.items()))))
             what = mark.args[0] if mark.args else mark.kwargs["what"]
             inputs = mark.kwargs.get("inputs", 1)
             outcome = mark.kwargs["outcome"]
-            print(f"FAULT\t{item.nodeid}\t{what}\t{inputs}\t{outcome}")
+            print(f"FAULT\t{test}\t{what}\t{inputs}\t{outcome}")
 
 
 def render(rows: list[dict]) -> str:

@@ -62,6 +62,11 @@ def _limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
 
+@pytest.mark.fault("a write the kernel refuses mid-file (RLIMIT_FSIZE, as a full disk does): "
+                   "dataset.json, a shard, rejects.csv, a checkpoint's state.pt and meta.json, the "
+                   "schedule state, a metric file", inputs=7,
+                   outcome="the previous file intact (a new meta.json absent, not half-written); no "
+                           "temporary file left")
 @pytest.mark.parametrize("what", list(WRITERS))
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, what):
     target, code = WRITERS[what]
@@ -80,6 +85,8 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, what
     assert leftovers == []
 
 
+@pytest.mark.fault("a serialiser that raises after writing half its content", inputs=1,
+                   outcome="the previous content kept and no temporary file; the next write lands whole")
 def test_a_writer_that_raises_changes_nothing(tmp_path):
     target = tmp_path / "dataset.json"
     target.write_text("old")

@@ -8,6 +8,7 @@ one there)."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -50,6 +51,9 @@ def test_submit_wait_streams_and_reports_a_job_with_the_token_from_a_file(ray_he
     assert "FAILED" in done.stderr and "missing" in done.stdout  # the job's own error line came through the stream
 
 
+@pytest.mark.fault("an authenticated cluster with no token, a wrong token, auth disabled on the "
+                   "client, each to `jobs list` and `submit`", inputs=6,
+                   outcome="exit 2, one line saying refused and naming the fix, never 'cannot reach'")
 @pytest.mark.parametrize("case, env, words", [
     ("no token", {}, ["refused", "requires a token and none was sent", "RAY_AUTH_TOKEN", "~/.ray/auth_token"]),
     ("wrong token", {"RAY_AUTH_TOKEN": "not-the-cluster-token"}, ["refused the token from RAY_AUTH_TOKEN"]),
@@ -68,6 +72,9 @@ def test_a_refusal_is_one_line_naming_the_fix(ray_head, ray_auth_token, tmp_path
         assert all(w in err for w in words) and "cannot reach" not in err, err
 
 
+@pytest.mark.fault("a schedule tick refused by an authenticated cluster", inputs=1,
+                   outcome="the tick exits 0, records the refusal, slot and jobs untouched; status names "
+                           "RAY_AUTH_TOKEN")
 def test_a_refused_schedule_tick_is_recorded_and_retried(ray_head, ray_auth_token, tmp_path):
     f = tmp_path / "schedules.yaml"
     f.write_text(yaml.safe_dump({"schedules": [{"name": "authcheck", "cron": "*/10 * * * *", "job": {
@@ -80,3 +87,16 @@ def test_a_refused_schedule_tick_is_recorded_and_retried(ray_head, ray_auth_toke
     assert "refused" in state["last_error"] and state["last_slot"] is None and state["jobs"] == []
     status = cli(["schedule", "status", "--file", str(f), "--now", "2026-01-05T02:03:00+00:00"], home)
     assert "last error" in status.stdout and "RAY_AUTH_TOKEN" in status.stdout
+
+
+# Turning token auth off: a variable set in code, or on a documented command line.
+TURNS_AUTH_OFF = re.compile(r"""RAY_AUTH_MODE["']\s*[,:\]]\s*=?\s*["']disabled|RAY_AUTH_MODE=disabled\s*&&""")
+
+
+def test_no_script_of_the_project_turns_token_auth_off():
+    """A benchmark or job's local Ray keeps Ray's default: it binds to the node's address, not
+    only loopback. Reading RAY_AUTH_MODE (jobs.cluster honours a user's choice) is not setting it."""
+    root = Path(__file__).resolve().parents[1]
+    sources = [p for d in ("alexnet", "benchmarks", "jobs", "pipelines") for p in (root / d).rglob("*.py")]
+    offenders = [str(p.relative_to(root)) for p in sources if TURNS_AUTH_OFF.search(p.read_text())]
+    assert sources and not offenders, offenders

@@ -31,6 +31,9 @@ def _upload(local, uri: str) -> None:
     pyarrow.fs.copy_files(str(local), path, destination_filesystem=fs)
 
 
+@pytest.mark.fault("a checkpoint on S3 whose upload was cut off (state.pt shorter than meta.json "
+                   "says); a missing one", inputs=2,
+                   outcome="the last complete checkpoint is found and loads; the missing one is named")
 def test_checkpoints_on_s3_are_found_read_and_loaded_where_they_are(s3_bucket, tmp_path):
     runs = f"{s3_bucket}/runs"
     _save(tmp_path / "c0", 0)
@@ -57,6 +60,9 @@ def test_checkpoints_on_s3_are_found_read_and_loaded_where_they_are(s3_bucket, t
     assert checkpoint.uri_of(str(tmp_path), str(tmp_path / "c0")) == str(tmp_path / "c0")
 
 
+@pytest.mark.fault("--resume-from an S3 checkpoint of another shape (num_classes); a path with no "
+                   "checkpoint", inputs=2,
+                   outcome="one UserError each naming the checkpoint and the mismatch or --resume-from")
 def test_resume_from_an_s3_checkpoint_reads_its_meta_and_refuses_another_shape(s3_bucket, tmp_path):
     runs = f"{s3_bucket}/runs"
     _save(tmp_path / "c", 4)
@@ -89,6 +95,10 @@ def test_mountinfo_is_parsed_and_the_longest_mount_point_holds_a_path():
     assert here is not None and here.point == "/proc"
 
 
+@pytest.mark.fault("--storage on each node's own disk, on an unknown filesystem, on different "
+                   "network filesystems, with several nodes", inputs=3,
+                   outcome="one line each naming the nodes' filesystems and the fix; the same network "
+                           "filesystem everywhere is accepted")
 def test_a_local_path_is_refused_on_several_nodes_unless_every_node_mounts_the_same_network_filesystem():
     efs = Mount("nfs4", "fs-1234.efs.us-west-2.amazonaws.com:/", "/", "/mnt/shared")
     disk = Mount("ext4", "/dev/vda", "/", "/")

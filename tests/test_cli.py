@@ -37,6 +37,8 @@ def _assert_one_line_error(result, *needles):
         assert needle in lines[0]
 
 
+@pytest.mark.fault("`demo --workdir` naming a file", inputs=1,
+                   outcome="exit 2, one line, no traceback")
 def test_demo_workdir_that_is_a_file(tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")
@@ -51,21 +53,29 @@ def test_demo_workdir_unwritable(tmp_path):
     _assert_one_line_error(_alexnet("demo", "--workdir", str(d / "work")), "not writable")
 
 
+@pytest.mark.fault("`demo --workdir` under /proc (read-only)", inputs=1,
+                   outcome="exit 2, one line, no traceback")
 def test_demo_workdir_on_a_read_only_place():
     # /proc refuses new directories even for root.
     _assert_one_line_error(_alexnet("demo", "--workdir", "/proc/alexnet-work"), "--workdir", "not writable")
 
 
+@pytest.mark.fault("`--set optim.lrr=0.1`", inputs=1,
+                   outcome="exit 2, one line naming the key and the valid ones")
 def test_train_unknown_config_key_names_the_valid_ones(tmp_path):
     r = _alexnet("train", "--recipe", "smoke", "--data", str(tmp_path), "--set", "optim.lrr=0.1", "--workdir", str(tmp_path))
     _assert_one_line_error(r, "optim.lrr", "valid:", "lr")
 
 
+@pytest.mark.fault("`--set model.arch=vgg`", inputs=1,
+                   outcome="exit 2, one line naming the architectures")
 def test_train_unknown_arch(tmp_path):
     r = _alexnet("train", "--recipe", "smoke", "--data", str(tmp_path), "--set", "model.arch=vgg", "--workdir", str(tmp_path))
     _assert_one_line_error(r, "vgg", "torchvision")
 
 
+@pytest.mark.fault("--data naming a folder that does not exist", inputs=1,
+                   outcome="exit 2, one line naming it")
 def test_train_missing_dataset(tmp_path):
     r = _alexnet("train", "--recipe", "smoke", "--data", str(tmp_path / "nope"), "--workdir", str(tmp_path))
     _assert_one_line_error(r, str(tmp_path / "nope"), "does not exist")
@@ -78,6 +88,8 @@ def test_every_command_module_is_importable():
         assert hasattr(importlib.import_module(name), "add_parser")
 
 
+@pytest.mark.fault("`train` without --recipe", inputs=1,
+                   outcome="exit 2, one line naming the shipped recipes; nothing written")
 def test_train_without_a_recipe_names_the_shipped_ones(tmp_path):
     """No silent default: a forgotten --recipe would train a toy and register it."""
     r = _alexnet("train", "--data", str(tmp_path), "--workdir", str(tmp_path / "w"))

@@ -28,6 +28,9 @@ def test_overrides_are_typed_and_win_over_the_recipe():
     assert flatten(cfg)["optim.lr"] == 0.5 and "optim: " not in to_yaml(cfg).splitlines()[0]
 
 
+@pytest.mark.fault("bad overrides: unknown key or section, bad choices, bad numbers, non-boolean, no"
+                   " section", inputs=11,
+                   outcome="UserError naming the key and the choices")
 @pytest.mark.parametrize("overrides, needles", [
     (["optim.lrr=1"], ["optim.lrr", "lr", "momentum"]),
     (["optimizer.lr=1"], ["optimizer", "data", "model", "optim", "run"]),
@@ -48,6 +51,8 @@ def test_bad_values_name_the_key_and_the_choices(overrides, needles):
         assert needle in str(err.value)
 
 
+@pytest.mark.fault("an unknown recipe; a recipe file whose section is a list", inputs=2,
+                   outcome="UserError listing the shipped recipes; one saying it must be a mapping")
 def test_unknown_recipe_lists_the_shipped_ones(tmp_path):
     with pytest.raises(UserError, match="demo, paper, smoke, torchvision"):
         load_config("imagenet-fast")

@@ -33,12 +33,16 @@ def test_a_good_dataset_opens(copy):
     assert info.num_classes == 6 and info.split_size("train") > 0 and info.split_size("val") > 0
 
 
+@pytest.mark.fault("a shard without its label_name column", inputs=1,
+                   outcome="UserError naming the shard and the column")
 def test_missing_column(copy):
     shard = _rewrite_first_shard(copy, lambda t: t.drop_columns(["label_name"]))
     with pytest.raises(UserError, match=f"{shard}: missing column 'label_name'"):
         open_dataset(copy)
 
 
+@pytest.mark.fault("a shard whose label column is a string", inputs=1,
+                   outcome="UserError naming the shard, the column, both types")
 def test_wrong_type(copy):
     shard = _rewrite_first_shard(copy, lambda t: t.set_column(t.schema.get_field_index("label"), "label",
                                                                t["label"].cast(pa.string())))
@@ -46,6 +50,8 @@ def test_wrong_type(copy):
         open_dataset(copy)
 
 
+@pytest.mark.fault("a shard with labels outside the class list", inputs=1,
+                   outcome="UserError naming the shard and the label range")
 def test_label_outside_the_class_list(copy):
     def bump(t):
         labels = pa.array([99] * t.num_rows, pa.int32())
@@ -56,6 +62,8 @@ def test_label_outside_the_class_list(copy):
         open_dataset(copy)
 
 
+@pytest.mark.fault("dataset.json with schema_version 99", inputs=1,
+                   outcome="UserError naming the file and the version")
 def test_unknown_schema_version(copy):
     meta = json.loads((copy / INFO_FILE).read_text())
     meta["schema_version"] = 99
@@ -64,6 +72,8 @@ def test_unknown_schema_version(copy):
         open_dataset(copy)
 
 
+@pytest.mark.fault("a listed shard deleted; counts that disagree with the shards", inputs=2,
+                   outcome="UserError naming the missing shard; then one naming the count mismatch")
 def test_missing_shard_and_count_mismatch(copy):
     info = load_info(copy)
     shard = Path(info.shard_paths("val")[0])
@@ -79,6 +89,8 @@ def test_missing_shard_and_count_mismatch(copy):
         open_dataset(copy)
 
 
+@pytest.mark.fault("a folder without dataset.json; a dataset.json that is not JSON", inputs=2,
+                   outcome="UserError naming the missing or unreadable file")
 def test_not_a_dataset(tmp_path):
     with pytest.raises(UserError, match=f"{tmp_path / INFO_FILE}: missing"):
         open_dataset(tmp_path)
@@ -119,6 +131,10 @@ BAD_FIELDS = [
 ]
 
 
+@pytest.mark.fault("bad dataset.json fields: absolute, `..` and remote shard paths, duplicate "
+                   "shards, zero, short or NaN pixel_std, bad mean, eigenvalues, eigenvectors, "
+                   "counts, classes, version, format, moments", inputs=22,
+                   outcome="one line each naming the file and the field; the dataset is not opened")
 @pytest.mark.parametrize("field,value", BAD_FIELDS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_FIELDS)])
 def test_each_bad_field_is_one_line_naming_the_file_and_field(copy, field, value):
     _set(copy, field, value)
@@ -127,6 +143,8 @@ def test_each_bad_field_is_one_line_naming_the_file_and_field(copy, field, value
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.fault("a shard written without Parquet statistics, its labels outside the classes", inputs=1,
+                   outcome="UserError naming the shard and the label range (read from the column)")
 def test_labels_are_checked_in_shards_written_without_statistics(copy):
     def bump(t):
         return t.set_column(t.schema.get_field_index("label"), "label", pa.array([99] * t.num_rows, pa.int32()))

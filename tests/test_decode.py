@@ -66,6 +66,8 @@ def test_transparency_is_composited_on_white_and_modes_become_rgb():
     assert (source_array(buf.getvalue()) == 255).all()  # 16-bit scaled to 8, not clipped
 
 
+@pytest.mark.fault("a stored JPEG truncated inside its header", inputs=1,
+                   outcome="ImageDecodeError, not a crash or garbage pixels")
 def test_stored_jpegs_decode_to_pils_pixels_and_errors_are_pils():
     src = _picture(33, 47)
     for data in (_encode(src, "JPEG"), _encode(src, "PNG")):

@@ -104,6 +104,8 @@ def _processes_marked(mark: str) -> set[int]:
     return found
 
 
+@pytest.mark.fault("Ctrl-C (SIGINT) to `alexnet demo` mid-training", inputs=1,
+                   outcome="exit 130 within 90 s; no Ray process left behind")
 def test_ctrl_c_stops_ray_cleanly(tmp_path):
     mark = f"ctrl-c-{os.getpid()}-{time.time_ns()}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "ALEXNET_TEST_MARK": mark}

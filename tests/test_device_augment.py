@@ -168,6 +168,8 @@ def test_meta_device_runs_the_host_side_only():
     assert out["image"].dtype == torch.uint8 and out["label"].shape == (8,)
 
 
+@pytest.mark.fault("a 9000 x 9000 row in a batch for the device path", inputs=1,
+                   outcome="ImageDecodeError naming the row, before decoding")
 def test_an_image_over_the_pixel_limit_is_refused_before_decoding():
     batch = _rows([(60, 60), (60, 60)])
     preset = _preset(32, 48, rrc=False)

@@ -55,6 +55,9 @@ def test_the_next_batch_is_made_while_the_consumer_holds_this_one():
         assert int(first["label"][0]) == 0 and int(next(feeder)["label"][0]) == 1
 
 
+@pytest.mark.fault("the feeder's transform raises on batch 3", inputs=1,
+                   outcome="batches 0-2 delivered, then the error with its traceback in the consumer; the "
+                           "thread ends")
 def test_a_transform_error_is_raised_in_the_consumer_after_the_earlier_batches():
     def transform(k):
         if k == 3:
@@ -72,6 +75,8 @@ def test_a_transform_error_is_raised_in_the_consumer_after_the_earlier_batches()
         next(feeder)
 
 
+@pytest.mark.fault("the feeder's source raises after a batch", inputs=1,
+                   outcome="the batch delivered, then the error in the consumer; the thread ends")
 def test_a_source_error_is_raised_in_the_consumer():
     def source():
         yield 0

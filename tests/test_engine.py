@@ -46,6 +46,8 @@ def test_train_one_epoch_returns_sums_and_learns():
     assert last["loss_sum"] < first["loss_sum"]
 
 
+@pytest.mark.fault("a NaN weight injected at step 2", inputs=1,
+                   outcome="NonFiniteLoss naming the epoch and the step")
 def test_non_finite_loss_names_the_epoch_and_the_first_bad_step():
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)

@@ -20,6 +20,9 @@ done = True
 """
 
 
+@pytest.mark.fault("SIGINT in the middle of a module's import", inputs=1,
+                   outcome="the handler runs once, after the import, with the module whole; a second import "
+                           "returns it")
 def test_an_interrupt_during_the_import_reaches_the_handler_after_it(tmp_path, monkeypatch):
     (tmp_path / "interrupted_mod.py").write_text(SELF_INTERRUPTING)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -52,6 +55,8 @@ while not (here / "release").exists():
 """
 
 
+@pytest.mark.fault("a Ray task cancelled inside an import", inputs=1,
+                   outcome="the task ends cancelled, and only after the import ran to its end")
 def test_a_ray_task_cancelled_mid_import_leaves_the_module_whole(ray_local, tmp_path):
     """What CI hit: Ray Data cancelled a task inside its first `import torch`, and the next task
     on that reused worker found torch half-initialised."""

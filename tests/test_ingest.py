@@ -188,6 +188,8 @@ def test_manifest_csv_with_relative_paths_and_parquet(ray_local, tmp_path):
     assert {k: sum(v.values()) for k, v in s.counts.items()} == {"train": 4, "val": 2}
 
 
+@pytest.mark.fault("bad manifest CSV: no label column, a row naming a missing file", inputs=2,
+                   outcome="UserError naming the file and the column or row")
 def test_manifest_errors_name_the_column_or_file(tmp_path):
     _manifest_tree(tmp_path)
     (tmp_path / "nolabel.csv").write_text("path,klass\nimgs/cat/0.jpg,cat\n")
@@ -246,6 +248,8 @@ def test_bad_files_are_rejected_with_reasons_and_the_run_finishes(ray_local, tmp
     assert info.classes == ["cat", "dog", "empty-class"] and info.num_images == 6
 
 
+@pytest.mark.fault("a truncated JPEG under --strict", inputs=1,
+                   outcome="UserError naming the file; no DEST created")
 def test_strict_fails_and_writes_nothing(ray_local, tmp_path):
     src = _folder(tmp_path / "src", n=3)
     _truncated(src / "cat" / "truncated.jpg")  # found only when decoded, in the encode pass
@@ -254,6 +258,9 @@ def test_strict_fails_and_writes_nothing(ray_local, tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
+@pytest.mark.fault("bad SOURCE or DEST: a missing source, one class folder, class folders without "
+                   "images, a non-empty DEST that is not a dataset", inputs=4,
+                   outcome="one UserError each; no DEST created; the foreign DEST holds only its own file")
 def test_bad_sources_and_destinations(ray_local, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         ingest(tmp_path / "nope", tmp_path / "ds", OPTS)
@@ -273,6 +280,10 @@ def test_bad_sources_and_destinations(ray_local, tmp_path):
     assert os.listdir(busy) == ["thesis.tex"]
 
 
+@pytest.mark.fault("bad `alexnet ingest` arguments: a missing source, a manifest without a path "
+                   "column, a DEST that is not a dataset", inputs=3,
+                   outcome="exit 2 with the reason and no traceback; no DEST created, the foreign DEST "
+                           "untouched")
 def test_cli_errors_exit_2_and_write_nothing(tmp_path):
     (tmp_path / "m.csv").write_text("file,label\nx.jpg,a\n")
     busy = tmp_path / "busy"
@@ -351,6 +362,9 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.fault("CIFAR batch pickle whose payload calls os.system", inputs=1,
+                   outcome="refused naming the file and the global, in the API and the CLI (exit 2); the "
+                           "payload never ran; no DEST")
 def test_malicious_cifar_pickle_is_rejected_without_running(tmp_path):
     root = write_cifar10(tmp_path / "cifar", batches=1)
     marker = tmp_path / "pwned"
@@ -377,6 +391,10 @@ class _Uninitialised:
         return (np.ndarray.__reduce__(np.zeros(1, np.uint8))[0], (np.ndarray, (self.n, 3072), np.dtype("uint8")))
 
 
+@pytest.mark.fault("CIFAR pickle that builds an uninitialised array (numpy's _reconstruct without "
+                   "its fill step; ndarray() called directly)", inputs=2,
+                   outcome="refused naming the file before any pixel is stored; genuine batches (protocols 2"
+                           " and 4) still load")
 @pytest.mark.parametrize("direct", [False, True], ids=["_reconstruct", "ndarray"])
 def test_a_cifar_pickle_that_never_fills_its_array_is_refused(tmp_path, direct):
     root = write_cifar10(tmp_path / "cifar", batches=1)
@@ -399,6 +417,8 @@ def test_a_cifar_pickle_that_never_fills_its_array_is_refused(tmp_path, direct):
         assert pixels.shape == (64, 32, 32, 3) and int(pixels[0, 0, 1, 0]) == 1 and labels == [1] * 64
 
 
+@pytest.mark.fault("CIFAR file one byte over the 256 MB bound (sparse)", inputs=1,
+                   outcome="refused naming the file and the bound, unread")
 def test_an_oversized_cifar_file_is_refused_before_it_is_read(tmp_path):
     from pipelines import cifar
 
@@ -426,6 +446,8 @@ def test_the_version_changes_with_the_stored_encoding_and_only_with_it(ray_local
     assert len(set(others)) == len(others), versions
 
 
+@pytest.mark.fault("an append with another --resize, --quality or --format than the dataset's", inputs=3,
+                   outcome="refused naming both values; dataset.json byte-identical")
 def test_appending_with_another_encoding_is_refused_naming_both_values(ray_local, tmp_path):
     src, dest = _folder(tmp_path / "src", n=3), tmp_path / "ds"
     ingest(src, dest, OPTS)

@@ -33,6 +33,10 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(root.rglob("*"))}
 
 
+@pytest.mark.fault("an ImageNet-style folder (train/ and val/ with images, rejects.csv) given as "
+                   "DEST, via the API and the CLI", inputs=2,
+                   outcome="refused as not a dataset (CLI: exit 2, no traceback); every file in it byte-"
+                           "identical")
 def test_an_imagenet_style_folder_given_as_dest_is_refused_untouched(ray_local, tmp_path):
     dest = tmp_path / "imagenet"
     _images(dest / "train")  # class folders, as a source would have them
@@ -50,6 +54,11 @@ def test_an_imagenet_style_folder_given_as_dest_is_refused_untouched(ray_local, 
     assert snapshot(dest) == before
 
 
+@pytest.mark.fault("a second ingest while another holds DEST's lock and has an unlisted shard in "
+                   "progress, via the API and the CLI", inputs=2,
+                   outcome="refused naming the holder's pid (CLI: exit 2, one line); DEST byte-identical; "
+                           "once free, the next ingest adds its 4 images and removes the dead shard and the "
+                           "lock")
 def test_a_locked_destination_is_refused_and_left_alone(ray_local, tmp_path):
     src, dest = _images(tmp_path / "src"), tmp_path / "ds"
     first = ingest(src, dest, OPTS)
@@ -76,6 +85,10 @@ def test_a_locked_destination_is_refused_and_left_alone(ray_local, tmp_path):
     assert open_dataset(dest).num_images == 12
 
 
+@pytest.mark.fault("a killed first run's leftovers: a lock file no process holds, an unlisted shard,"
+                   " a temporary shard", inputs=3,
+                   outcome="the next ingest completes with all 8 images; only listed shards on disk, nothing"
+                           " else in DEST")
 def test_a_killed_first_run_is_cleaned_up_and_completed(ray_local, tmp_path):
     src, dest = _images(tmp_path / "src"), tmp_path / "ds"
     (dest / "train").mkdir(parents=True)
@@ -90,6 +103,10 @@ def test_a_killed_first_run_is_cleaned_up_and_completed(ray_local, tmp_path):
     assert sorted(os.listdir(dest)) == ["dataset.json", "duplicates.csv", "rejects.csv", "train", "val"]
 
 
+@pytest.mark.fault("a first run that fails (--strict, a truncated JPEG) while a user saves a file "
+                   "into DEST", inputs=1,
+                   outcome="DEST holds only the user's file: no shard, lock or empty split folder of the "
+                           "run's")
 def test_a_failed_first_run_removes_only_what_it_wrote(ray_local, tmp_path):
     src, dest = _images(tmp_path / "src"), tmp_path / "ds"
     (src / "cat" / "truncated.jpg").write_bytes((src / "cat" / "0.jpg").read_bytes()[:300])

@@ -45,6 +45,11 @@ def _unlisted(dest: Path) -> list[Path]:
             if f"{split}/{p.name}" not in listed]
 
 
+@pytest.mark.fault("SIGKILL of `alexnet ingest` and its local Ray mid-encode; a concurrent ingest "
+                   "tried meanwhile", inputs=2,
+                   outcome="the concurrent ingest refused, the running one's shards kept; readers see the "
+                           "previous version whole (20 images); the rerun completes all 1200 images once, no"
+                           " unlisted shard, no lock")
 @pytest.mark.slow
 def test_sigkill_mid_ingest_leaves_the_previous_version_and_a_rerun_completes(ray_local, tmp_path):
     src, dest = tmp_path / "src", tmp_path / "ds"

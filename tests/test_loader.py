@@ -239,6 +239,8 @@ def test_train_workers_take_equal_batches_from_one_stream(info, tmp_path, worker
     assert all(int(pinned[k].astype(np.int64).sum()) == s for e, k, s in rows if e == 1)
 
 
+@pytest.mark.fault("a listed shard that is not Parquet", inputs=1,
+                   outcome="UserError naming the shard before any Ray task runs")
 def test_an_unreadable_shard_is_named_before_any_task_runs(info, tmp_path):
     import dataclasses
 

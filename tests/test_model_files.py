@@ -69,6 +69,10 @@ def register(tmp_path, uri: str, run_id: str, *, name: str, tamper=None, dataset
     return pub.publish(folder, uri).version
 
 
+@pytest.mark.fault("a model version whose weights.pt carries a code-running pickle: predict, "
+                   "champion re-score, mlflow.pyfunc", inputs=3,
+                   outcome="refused on every path (predict: exit 2, one line); the new version waits as challenger; "
+                           "the payload never ran")
 def test_a_version_whose_weights_are_a_pickle_payload_is_refused_everywhere(tmp_path, capsys):
     marker = tmp_path / "pwned"
     payload = tmp_path / "payload.pt"
@@ -103,6 +107,8 @@ def test_a_version_whose_weights_are_a_pickle_payload_is_refused_everywhere(tmp_
     assert not marker.exists()
 
 
+@pytest.mark.fault("a champion logged as an mlflow.pytorch pickle: predict and the re-score", inputs=2,
+                   outcome="refused unread (no alexnet.json); the payload never ran")
 def test_a_pickled_model_of_mlflow_pytorch_is_refused_unread(tmp_path, capsys):
     """A version logged with mlflow.pytorch's pickle format (this project's before): never unpickled."""
     import mlflow
@@ -130,6 +136,9 @@ def test_a_pickled_model_of_mlflow_pytorch_is_refused_unread(tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.fault("bad alexnet.json fields (arch, std, classes, crop, format) and weights that do "
+                   "not fit", inputs=6,
+                   outcome="ModelFileError naming each")
 def test_model_files_are_checked_field_by_field(tmp_path):
     import json
 

@@ -228,17 +228,23 @@ def test_paper_lrn_is_the_papers_formula(models) -> None:
 # --- choices ----------------------------------------------------------------------------------
 
 
+@pytest.mark.fault("an unknown architecture", inputs=1,
+                   outcome="UserError naming the choices")
 def test_unknown_arch_names_the_choices() -> None:
     with pytest.raises(UserError, match="bn, paper, torchvision"):
         build_model("vgg", NUM_CLASSES)
 
 
+@pytest.mark.fault("num_classes 1, 0, -3, 2.5, True", inputs=5,
+                   outcome="UserError naming num_classes")
 @pytest.mark.parametrize("num_classes", [1, 0, -3, 2.5, True])
 def test_bad_num_classes_is_a_user_error(num_classes) -> None:
     with pytest.raises(UserError, match="num_classes"):
         build_model("torchvision", num_classes)
 
 
+@pytest.mark.fault("dropout -0.1 and 1.0", inputs=2,
+                   outcome="UserError naming dropout")
 @pytest.mark.parametrize("dropout", [-0.1, 1.0])
 def test_bad_dropout_is_a_user_error(dropout: float) -> None:
     with pytest.raises(UserError, match="dropout"):

@@ -67,6 +67,8 @@ def test_notes_and_recovered_failures_go_to_stderr_as_one_line(capsys):
     assert describe_failure(RuntimeError("Traceback ...\n  File x\nOSError: disk full\n")) == "OSError: disk full"
 
 
+@pytest.mark.fault("bad --set items: unknown key, unknown section, no section", inputs=3,
+                   outcome="UserError starting `--set`, naming the item, not the recipe")
 @pytest.mark.parametrize("item, needle", [
     ("optim.lrr=0.1", "--set optim.lrr=0.1: unknown key optim.lrr; valid: "),
     ("optimizer.lr=0.1", "--set optimizer.lr=0.1: unknown section 'optimizer'; valid: "),

@@ -78,6 +78,8 @@ def test_predict_image_folder_labels_from_folder_names_and_flags_bad_files(train
     assert "2 unreadable images" in capsys.readouterr().out
 
 
+@pytest.mark.fault("--out naming a non-empty folder", inputs=1,
+                   outcome="exit 2 naming --out; the folder's file untouched")
 def test_predict_refuses_a_non_empty_output(trained, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
@@ -86,6 +88,8 @@ def test_predict_refuses_a_non_empty_output(trained, tmp_path, capsys):
     assert "--out" in capsys.readouterr().err and (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.fault("--model naming an alias nobody holds", inputs=1,
+                   outcome="exit 2 naming the model URI")
 def test_predict_unknown_model_is_a_user_error(trained, tmp_path, capsys):
     assert main(["predict", "--model", "models:/alexnet@nobody", "--data", str(trained["dataset"]),
                  "--out", str(tmp_path / "o"), "--workdir", str(trained["workdir"])]) == 2

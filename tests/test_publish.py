@@ -84,6 +84,10 @@ def logits(model, seed: int = 1) -> np.ndarray:
         return model(images).numpy()
 
 
+@pytest.mark.fault("the tracking server dies before each publish step: logged model, upload, "
+                   "version, alias", inputs=4,
+                   outcome="one line naming `alexnet register FOLDER`; the model complete on disk; register "
+                           "finishes with one version, champion, same outputs, run FINISHED")
 @pytest.mark.slow
 @pytest.mark.parametrize("step", STEPS)
 def test_outage_at_each_publish_step_keeps_the_model_and_register_finishes(step, server, tmp_path, monkeypatch,
@@ -117,6 +121,8 @@ def test_outage_at_each_publish_step_keeps_the_model_and_register_finishes(step,
     np.testing.assert_allclose(logits(load_model(f"models:/{name}@champion", server.uri)), logits(model), rtol=1e-6)
 
 
+@pytest.mark.fault("the server down a few seconds as the alias is decided", inputs=1,
+                   outcome="published as champion after a retry; no copy left")
 @pytest.mark.slow
 def test_an_outage_shorter_than_the_retries_is_ridden_out(server, tmp_path, monkeypatch, capsys):
     """The server dies as the alias is decided and is back a few seconds later: no error, no copy left."""
@@ -140,6 +146,8 @@ def test_an_outage_shorter_than_the_retries_is_ridden_out(server, tmp_path, monk
     assert "retrying in 10 s" in capsys.readouterr().err
 
 
+@pytest.mark.fault("`alexnet register` of a folder with no registration.json", inputs=1,
+                   outcome="exit 2, one line")
 def test_register_refuses_a_folder_that_is_not_a_waiting_model(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     assert main(["register", str(tmp_path / "x")]) == 2
@@ -147,6 +155,9 @@ def test_register_refuses_a_folder_that_is_not_a_waiting_model(tmp_path, capsys)
     assert len(err) == 1 and "no registration.json" in err[0]
 
 
+@pytest.mark.fault("a second model staged under a waiting one's name; a tracking URI with a password", inputs=2,
+                   outcome="both kept (r, r-2), no temporary folder; no password on disk or in the printed "
+                           "command")
 def test_staging_is_atomic_and_never_overwrites_a_waiting_model(tmp_path):
     first = pub.stage(build(SPEC), tmp_path, name="r", run_id="a", register_as="alexnet",
                       evaluation=Evaluation("v1", False, 0.5), dataset_path="/d", tracking_uri="http://u:p@h:1", step=0)
@@ -159,6 +170,9 @@ def test_staging_is_atomic_and_never_overwrites_a_waiting_model(tmp_path):
     assert pub.register_command(second, "sqlite:////w/m.db") == f"alexnet register {second}"
 
 
+@pytest.mark.fault("the tracking server gone right after `alexnet train`'s fit", inputs=1,
+                   outcome="exit 2, one line naming the folder and `alexnet register`; run not FAILED; "
+                           "register gives it its model, report and artifacts; nothing lost")
 @pytest.mark.slow
 def test_train_with_the_server_gone_right_after_fit_keeps_the_model_for_register(ray_local, shapes_dataset, server,
                                                                                 tmp_path, monkeypatch, capsys,

@@ -18,6 +18,8 @@ from pipelines.errors import UserError
 PASSWORD = "hunter2-Pa55"
 
 
+@pytest.mark.fault("credential-named variables, params and options", inputs=15,
+                   outcome="each value shown as ***")
 @pytest.mark.parametrize("name", ["WANDB_API_KEY", "DB_PASS", "GITHUB_PAT", "MLFLOW_TRACKING_PASSWORD",
                                   "MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID",
                                   "AWS_SESSION_TOKEN", "HF_TOKEN", "db_password", "data.token", "apiKey",
@@ -34,6 +36,9 @@ def test_ordinary_names_are_not(name):
     assert redact(name, "plain value") == "plain value"
 
 
+@pytest.mark.fault("credentials inside text: URI userinfo (https, s3), --password, NAME=value, a "
+                   "signed URL, a Bearer token", inputs=6,
+                   outcome="each masked, the rest of the text kept")
 @pytest.mark.parametrize("text, kept", [
     (f"https://user:{PASSWORD}@mlflow.example.com/path", "https://***@mlflow.example.com/path"),
     (f"s3://AKIA:{PASSWORD}@bucket/x", "s3://***@bucket/x"),
@@ -46,6 +51,8 @@ def test_credentials_inside_text_are_masked(text, kept):
     assert redact_text(text) == kept and redact("entrypoint", text) == kept
 
 
+@pytest.mark.fault("credentials in MLflow params (3 secret names, a URI password)", inputs=4,
+                   outcome="no password in any param")
 def test_params_and_tags_use_the_same_rule():
     flat = flatten_params({"env": {"WANDB_API_KEY": PASSWORD, "DB_PASS": PASSWORD, "GITHUB_PAT": PASSWORD},
                            "tracking": f"https://u:{PASSWORD}@h/", "data": {"path": "/d"}})
@@ -53,6 +60,9 @@ def test_params_and_tags_use_the_same_rule():
     assert flat["tracking"] == "https://***@h/" and flat["env.GITHUB_PAT"] == "***"
 
 
+@pytest.mark.fault("a tracking URI password, an AWS key id and WANDB_API_KEY, DB_PASS, GITHUB_PAT "
+                   "given to `submit`", inputs=5,
+                   outcome="the job's env carries them; the printed description holds none")
 def test_submit_prints_no_credential_from_the_environment_or_env_options(capsys, monkeypatch):
     environ = {"MLFLOW_TRACKING_URI": f"https://user:{PASSWORD}@mlflow.example.com", "AWS_ACCESS_KEY_ID": "AKIA1"}
     spec = js.build_spec("ingest", ["/src", "/dest"], environ=environ,
@@ -67,6 +77,8 @@ def test_submit_prints_no_credential_from_the_environment_or_env_options(capsys,
     assert redact_env(env)["DB_PASS"] == "***"
 
 
+@pytest.mark.fault("--tracking-uri with a password (2 spellings)", inputs=2,
+                   outcome="moved to the job's env; the entrypoint and description hold no password")
 @pytest.mark.parametrize("form", ["separate", "equals"])
 def test_a_tracking_uri_with_credentials_travels_in_the_job_env(form):
     uri = f"https://user:{PASSWORD}@mlflow.example.com"
@@ -79,6 +91,8 @@ def test_a_tracking_uri_with_credentials_travels_in_the_job_env(form):
     assert "--tracking-uri http://mlflow:5000" in plain.entrypoint  # nothing secret: stays visible
 
 
+@pytest.mark.fault("a --set URI, --password and a --tag with credentials on a job's command line", inputs=3,
+                   outcome="refused without echoing the secret")
 @pytest.mark.parametrize("args", [["--set", f"data.path=s3://ak:{PASSWORD}@bucket/d"], ["--password", PASSWORD],
                                   ["--tag", f"api_key={PASSWORD}"]])
 def test_other_arguments_with_credentials_are_refused_without_echoing_them(args):
@@ -87,6 +101,8 @@ def test_other_arguments_with_credentials_are_refused_without_echoing_them(args)
     assert PASSWORD not in str(err.value)
 
 
+@pytest.mark.fault("a real submit with a tracking URI holding a password", inputs=1,
+                   outcome="Ray's job table, the printed lines and `jobs status` hold no password")
 def test_the_job_table_never_holds_the_tracking_password(ray_head, tmp_path, capsys):
     """A real submit: Ray's job table (what `ray job list` and the dashboard show) has no password."""
     uri = f"http://user:{PASSWORD}@127.0.0.1:9/"  # nothing listens: the job fails fast after starting

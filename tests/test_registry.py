@@ -24,6 +24,10 @@ def test_the_same_evaluation_compares_recorded_top1(new, old, alias):
     assert f"{new:.4f}" in d.reason and f"{old:.4f}" in d.reason and "same evaluation" in d.reason
 
 
+@pytest.mark.fault("a champion scored on another dataset version, 10-crop vs centre-crop, an unknown"
+                   " evaluation", inputs=3,
+                   outcome="compared with its re-score, not its own number; one that cannot be re-scored "
+                           "leaves the new one challenger")
 @pytest.mark.parametrize("theirs", [Evaluation("old", False, 0.9), Evaluation("v1", True, 0.9), None],
                          ids=["other-dataset-version", "ten-crop-vs-centre-crop", "unknown-evaluation"])
 def test_another_evaluation_uses_the_rescored_champion_not_its_own_number(theirs):
@@ -68,6 +72,9 @@ def http_store(tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.fault("two registrations moving the champion alias together (sqlite and http stores)", inputs=2,
+                   outcome="serialised: the second compares with the first; the better is champion; the lock"
+                           " released")
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "http"])
 def test_two_registrations_racing_never_both_beat_the_same_champion(kind, tmp_path, request):
@@ -110,6 +117,8 @@ def test_two_registrations_racing_never_both_beat_the_same_champion(kind, tmp_pa
     assert not any(m.name.endswith(".alias-lock") for m in _client(uri).search_registered_models())  # released
 
 
+@pytest.mark.fault("an alias lock held by a killed process", inputs=1,
+                   outcome="RegistryBusy naming the holder; once stale, broken and taken over")
 def test_a_held_alias_lock_waits_then_fails_clearly_and_a_stale_one_is_broken(tmp_path, monkeypatch):
     from alexnet import registry
 
@@ -126,6 +135,9 @@ def test_a_held_alias_lock_waits_then_fails_clearly_and_a_stale_one_is_broken(tm
     assert not c.search_registered_models("name = 'm.alias-lock'")
 
 
+@pytest.mark.fault("a 10-crop version against a centre-crop champion on the same dataset", inputs=1,
+                   outcome="the champion re-scored 10-crop by the same function; the alias follows that "
+                           "number")
 @pytest.mark.slow
 def test_a_ten_crop_version_re_scores_a_centre_crop_champion_ten_crop(ray_local, shapes_dataset, tmp_path):
     """Same dataset version, different evaluation: the champion's recorded centre-crop number is not
@@ -210,6 +222,8 @@ def test_worse_version_gets_challenger_and_promote_moves_champion(trained, capsy
     assert main(["promote", str(champion.version), "--workdir", str(trained["workdir"])]) == 0
 
 
+@pytest.mark.fault("`promote 7` of a model without version 7", inputs=1,
+                   outcome="exit 2 naming the version")
 def test_promote_unknown_version_is_a_user_error(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
@@ -221,6 +235,8 @@ def test_promote_unknown_version_is_a_user_error(tmp_path, capsys):
     assert "has no version '7'" in capsys.readouterr().err
 
 
+@pytest.mark.fault("`promote` with a --workdir holding no store", inputs=1,
+                   outcome="exit 2, 'no MLflow store'")
 def test_store_options_need_an_existing_store(tmp_path, capsys):
     from jobs.cli import main
 

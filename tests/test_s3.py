@@ -50,6 +50,9 @@ def _unlisted(uri: str) -> list[str]:
     return [k for k in objects(uri) if k.startswith(("train/", "val/")) and k not in listed]
 
 
+@pytest.mark.fault("a dataset.json on S3 listing a shard outside the dataset (`../`)", inputs=1,
+                   outcome="one line naming the file and the shards field; the real dataset re-ingested adds"
+                           " nothing")
 def test_ingest_local_to_s3_reingest_adds_nothing_and_the_reader_validates(ray_local, s3_bucket, tmp_path):
     src, dest = _images(tmp_path / "src"), f"{s3_bucket}/datasets/pets"
     first = ingest(src, dest, OPTS)
@@ -73,6 +76,8 @@ def test_ingest_local_to_s3_reingest_adds_nothing_and_the_reader_validates(ray_l
         open_dataset(bad)
 
 
+@pytest.mark.fault("S3 URIs carrying credentials (user:secret@, ?secret_key=)", inputs=2,
+                   outcome="refused with the credentials masked in the message")
 def test_uris_with_credentials_are_refused_without_echoing_them(s3_bucket):
     with pytest.raises(UserError, match=r"s3://\*\*\*@.*credentials and options do not belong in the URI") as err:
         storage.locate(f"s3://AKIAEXAMPLE:wJalrXUtnFEMI@{s3_bucket[5:]}/ds")
@@ -81,6 +86,8 @@ def test_uris_with_credentials_are_refused_without_echoing_them(s3_bucket):
         storage.locate(f"{s3_bucket}/ds?secret_key=abc")
 
 
+@pytest.mark.fault("an append to an S3 dataset that fails (--strict, a truncated JPEG)", inputs=1,
+                   outcome="the bucket's objects and dataset.json byte-identical; the previous version opens")
 def test_a_failed_ingest_on_s3_leaves_the_previous_version_and_none_of_its_objects(ray_local, s3_bucket, tmp_path):
     src, dest = _images(tmp_path / "src"), f"{s3_bucket}/ds"
     first = ingest(src, dest, OPTS)
@@ -95,6 +102,10 @@ def test_a_failed_ingest_on_s3_leaves_the_previous_version_and_none_of_its_objec
     assert open_dataset(dest).version == first.version
 
 
+@pytest.mark.fault("a second ingest while another holds the S3 lock object; the lock stolen mid-run "
+                   "by another host", inputs=2,
+                   outcome="the second refused naming the holder and heartbeat; the robbed run commits "
+                           "nothing and removes its shards; the previous version opens")
 def test_the_lock_object_refuses_a_second_ingest_and_a_lost_lock_commits_nothing(ray_local, s3_bucket, tmp_path):
     src, dest = _images(tmp_path / "src"), f"{s3_bucket}/ds"
     first = ingest(src, dest, OPTS)
@@ -173,6 +184,8 @@ def test_ray_data_train_check_evaluate_and_predict_read_an_s3_dataset(ray_local,
     assert len(preds) == info.num_images and all(p["error"] == "" for p in preds)
 
 
+@pytest.mark.fault("`alexnet train --data` naming an S3 prefix with no dataset", inputs=1,
+                   outcome="exit 2, one line naming the URI, no traceback")
 def test_train_cli_keeps_an_s3_data_uri(s3_bucket):
     r = subprocess.run([sys.executable, "-m", "jobs.cli", "train", "--data", f"{s3_bucket}/nothing-here",
                         "--recipe", "smoke"], capture_output=True, text=True, timeout=300)
@@ -180,6 +193,9 @@ def test_train_cli_keeps_an_s3_data_uri(s3_bucket):
     assert f"dataset directory {s3_bucket}/nothing-here does not exist" in r.stderr
 
 
+@pytest.mark.fault("SIGKILL of an ingest into S3 mid-encode", inputs=1,
+                   outcome="readers see the previous version (20 images); its lock refuses until stale; the "
+                           "rerun completes all 800 images, no unlisted shard, no lock")
 @pytest.mark.slow
 def test_a_killed_ingest_on_s3_leaves_the_previous_version_and_its_lock_expires(ray_local, s3_bucket, tmp_path):
     src, dest = _images(tmp_path / "src", n=10, size=(160, 200)), f"{s3_bucket}/ds"
@@ -210,6 +226,8 @@ def test_a_killed_ingest_on_s3_leaves_the_previous_version_and_its_lock_expires(
     assert LOCK_FILE not in objects(dest) and open_dataset(dest).num_images == 800
 
 
+@pytest.mark.fault("an ingest into a bucket that does not exist", inputs=1,
+                   outcome="one line naming the URI")
 def test_a_bucket_that_does_not_exist_is_one_line(s3_server, tmp_path):
     with pytest.raises(UserError, match=r"^s3://no-such-bucket-here/ds: cannot write there: ") as err:
         ingest(_images(tmp_path / "src", n=2), "s3://no-such-bucket-here/ds", OPTS)

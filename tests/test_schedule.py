@@ -41,6 +41,8 @@ def test_one_submission_per_slot_across_a_restart(tmp_path):
     assert [r.slot for r in nxt.submits] == [sch.iso(T0 + dt.timedelta(days=1))]
 
 
+@pytest.mark.fault("a scheduler that died before its submit was confirmed", inputs=1,
+                   outcome="resubmitted under the same id: no double")
 def test_an_unconfirmed_submit_is_resubmitted_with_the_same_id():
     d = sch.decide(nightly(), sch.ScheduleState(), T0, {})
     rec = d.submits[0]  # state saved as SUBMITTING, then the scheduler died before submitting
@@ -48,6 +50,8 @@ def test_an_unconfirmed_submit_is_resubmitted_with_the_same_id():
     assert [r.submission_id for r in again.submits] == [rec.submission_id]
 
 
+@pytest.mark.fault("an unconfirmed submit whose cluster was unreachable until the next slot", inputs=1,
+                   outcome="the old slot SUPERSEDED, the newest submitted once")
 def test_an_unconfirmed_submit_from_an_older_slot_gives_way_to_the_newest_slot():
     d = sch.decide(nightly(), sch.ScheduleState(), T0, {})
     rec = d.submits[0]  # never confirmed: the cluster was unreachable until the next day
@@ -103,6 +107,8 @@ def test_overlap_is_refused_by_default_and_allowed_when_asked():
     assert len(allowed.submits) == 1
 
 
+@pytest.mark.fault("a scheduled job that fails three times", inputs=3,
+                   outcome="retried at 60 s then 120 s, not before; then given up, recorded")
 def test_failed_jobs_retry_with_exponential_backoff_then_give_up():
     s = nightly(max_retries=2, retry_backoff_s=60)
     d = sch.decide(s, sch.ScheduleState(), T0, {})
@@ -136,6 +142,9 @@ def test_metric_below_reads_a_fresh_metric_file(tmp_path):
     assert read_metric(s, later)[0] is None  # file predates the last retrain: describes the old champion
 
 
+@pytest.mark.fault("bad schedule entries: unknown key, bad cron, unknown time zone, unknown trigger,"
+                   " bad trigger option, unknown command, train without recipe", inputs=7,
+                   outcome="UserError naming the schedule and the key")
 @pytest.mark.parametrize("bad, words", [
     ({"name": "n1", "cron": "0 2 * * *", "colour": "red"}, ["n1", "colour"]),
     ({"name": "n2", "cron": "61 2 * * *"}, ["n2", "cron"]),
@@ -172,6 +181,8 @@ def tick(f, now):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.fault("the scheduler state file lost after a submit", inputs=1,
+                   outcome="the job found on the cluster and counted as submitted; one job for the slot")
 def test_tick_processes_submit_each_slot_once(ray_head, png_source, tmp_path):  # noqa: F811
     from ray.job_submission import JobSubmissionClient
 
@@ -220,6 +231,8 @@ def stop_all(ray_head, jobs) -> None:
         time.sleep(1)
 
 
+@pytest.mark.fault("the cluster's answer to a submit lost on the way back (tests/netfault.py)", inputs=1,
+                   outcome="the slot's job runs exactly once; the state follows it; no error left")
 def test_a_submit_whose_answer_is_lost_is_neither_doubled_nor_skipped(ray_head, png_source, tmp_path):
     """The submit reaches the cluster, the answer is lost on the way back: the slot's job runs once,
     and the record follows it, even with a retry backoff of a second."""
@@ -246,6 +259,10 @@ def test_a_submit_whose_answer_is_lost_is_neither_doubled_nor_skipped(ray_head, 
         stop_all(ray_head, jobs)
 
 
+@pytest.mark.fault("every status request's connection dropped, in a running `schedule run` "
+                   "(tests/netfault.py)", inputs=3,
+                   outcome="each failed tick logged and recorded; the loop keeps ticking; slot and job "
+                           "unchanged; Ctrl-C exits 130")
 def test_schedule_run_survives_a_dropped_connection_and_records_it(ray_head, tmp_path):
     """Every status request loses its connection: `schedule run` logs each failed tick, records it
     in the state, keeps the slot and the job as they were, and keeps ticking."""
@@ -280,6 +297,10 @@ def test_schedule_run_survives_a_dropped_connection_and_records_it(ray_head, tmp
     assert [(r.submission_id, r.status) for r in st.jobs] == [(rec.submission_id, "PENDING")]
 
 
+@pytest.mark.fault("a head that accepts connections and never answers; a tick while another holds "
+                   "the state lock", inputs=2,
+                   outcome="the tick gives up after its 3 s timeout and records why, slot untouched; the "
+                           "second tick returns at once")
 def test_a_hung_head_holds_neither_a_tick_nor_the_lock(ray_head, tmp_path):
     """A head that accepts connections and never answers: the tick gives up after the request
     timeout and records why; a second tick meanwhile does not queue behind the lock."""

@@ -19,12 +19,16 @@ from netfault import FaultyProxy
 from pipelines.errors import UserError
 
 
+@pytest.mark.fault("`submit` with neither --address nor RAY_ADDRESS", inputs=1,
+                   outcome="exit 2 naming RAY_ADDRESS")
 def test_no_address_and_no_ray_address_is_an_error(monkeypatch, capsys):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert main(["submit", "ingest", "--", "a", "b"]) == 2
     assert "RAY_ADDRESS" in capsys.readouterr().err
 
 
+@pytest.mark.fault("a job server address nothing listens on", inputs=1,
+                   outcome="exit 2, one line naming the address")
 def test_unreachable_address_is_one_clear_line(capsys):
     address = f"http://127.0.0.1:{free_port()}"
     assert main(["jobs", "list", "--address", address]) == 2
@@ -49,12 +53,28 @@ def test_spec_carries_env_and_run_identity_but_prints_secrets_redacted():
     assert ".venv" in spec.runtime_env()["excludes"] and Path(spec.runtime_env()["working_dir"], "jobs").is_dir()
 
 
+@pytest.mark.fault("a job server address carrying user:password@ that does not answer", inputs=2,
+                   outcome="`jobs list` and `submit` exit 2, one line naming the address with the password masked")
+def test_an_address_with_a_password_never_prints_it(capsys):
+    address = f"http://user:hunter2-address-pw@127.0.0.1:{free_port()}"
+    for args in (["jobs", "list", "--address", address], ["submit", "ingest", "--address", address, "--", "a", "b"]):
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert "cannot reach a Ray job server" in err and len(err.splitlines()) == 1, err
+        assert "127.0.0.1" in err and "hunter2-address-pw" not in captured.out + err
+
+
+@pytest.mark.fault("`submit train` without --recipe", inputs=1,
+                   outcome="refused before submitting")
 def test_a_train_job_without_a_recipe_is_refused_before_submitting():
     with pytest.raises(UserError, match="--recipe is required"):
         js.build_spec("train", ["--data", "/d"])
     assert "--recipe paper" in js.build_spec("train", ["--recipe", "paper", "--data", "/d"]).entrypoint
 
 
+@pytest.mark.fault("a train-only option on ingest; a recipe outside the project", inputs=2,
+                   outcome="refused before submitting")
 def test_train_only_options_and_outside_recipes_are_refused(tmp_path):
     with pytest.raises(UserError, match="train only"):
         js.build_spec("ingest", ["a", "b"], run_name="x")
@@ -83,6 +103,8 @@ def test_ingest_job_succeeds_and_its_logs_and_status_are_readable(ray_head, png_
     assert main(["submit", "ingest", "--address", ray_head, "--submission-id", sid, "--", "a", "b"]) == 2
 
 
+@pytest.mark.fault("a job that fails (missing source)", inputs=1,
+                   outcome="`submit --wait` exits 1 reporting FAILED")
 def test_failing_job_reports_failed_and_exits_nonzero(ray_head, tmp_path, capsys):
     rc = main(["submit", "ingest", "--address", ray_head, "--wait", "--", str(tmp_path / "missing"), str(tmp_path / "d")])
     err = capsys.readouterr().err
@@ -137,6 +159,9 @@ def _submit_printer(ray_head, lines: int, every_s: float) -> str:
     return JobSubmissionClient(ray_head).submit_job(entrypoint=f"python -c {shlex.quote(code)}")
 
 
+@pytest.mark.fault("the log stream and status polls cut for 5 s mid-job (tests/netfault.py)", inputs=1,
+                   outcome="followed to SUCCEEDED, exit 0; every log line printed exactly once; a 'lost "
+                           "contact' note")
 def test_following_a_job_survives_a_dropped_connection(ray_head, capsys):
     """The log stream and the status polls lose their connection mid-job for a few seconds: the
     follow goes on to the job's real end, and every line of the log is written exactly once."""
@@ -175,6 +200,9 @@ def test_submit_gives_the_driver_time_to_end_its_runs_when_stopped():
     assert own.runtime_env()["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "5"  # the user's choice wins
 
 
+@pytest.mark.fault("`alexnet jobs stop` of a training job mid-fit", inputs=1,
+                   outcome="the MLflow run KILLED with its metrics; the driver log says interrupted, no "
+                           "traceback or SIGTERM dump")
 @pytest.mark.slow
 def test_a_stopped_training_job_ends_its_mlflow_run_killed_quietly(ray_head, shapes_dataset, tmp_path, capsys):
     """`alexnet jobs stop` on a real training job: its MLflow run ends KILLED (not FAILED) and its

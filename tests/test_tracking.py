@@ -16,10 +16,15 @@ from pipelines.errors import UserError
 from tests.mlflow_helpers import MlflowServer, free_port, train_args, train_cli, trained_sqlite
 
 
+PASSWORD = "hunter2-tracking-pw"
+
+
 def client(uri: str) -> MlflowClient:
     return MlflowClient(uri, registry_uri=uri)
 
 
+@pytest.mark.fault("credentials and an over-long value in params", inputs=5,
+                   outcome="secrets masked; the long value cut to MLflow's limit with its length")
 def test_secrets_are_redacted_and_long_values_cut():
     flat = flatten_params({"data": {"path": "s3://ak:sk@bucket/x", "token": "abc"}, "db_password": "pw",
                            "note": "x" * (MAX_PARAM_LENGTH + 50), "uri": "http://u:p@host:5000/a"})
@@ -29,6 +34,8 @@ def test_secrets_are_redacted_and_long_values_cut():
     assert redact("run.name", "plain") == "plain"
 
 
+@pytest.mark.fault("a sqlite store with a 3-node cluster", inputs=1,
+                   outcome="UserError naming the node count and --tracking-uri http")
 def test_local_store_with_a_multi_node_cluster_is_a_user_error():
     assert is_local_store("sqlite:////w/mlflow.db") and is_local_store("file:///w/mlruns") and is_local_store("mlruns")
     assert not is_local_store("http://mlflow:5000")
@@ -38,6 +45,9 @@ def test_local_store_with_a_multi_node_cluster_is_a_user_error():
         check_tracking_store("sqlite:////w/mlflow.db", nodes=3)
 
 
+@pytest.mark.fault("a crash and a Ctrl-C inside a tracked run", inputs=2,
+                   outcome="the runs end FAILED and KILLED, not RUNNING; the crashed run name resumes the "
+                           "same run")
 def test_tracked_run_ends_failed_or_killed_and_resumes_by_name(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(ValueError):
@@ -57,6 +67,8 @@ def test_tracked_run_ends_failed_or_killed_and_resumes_by_name(tmp_path):
     assert len(client(uri).search_runs([exp.experiment_id])) == 2
 
 
+@pytest.mark.fault("a tracking server that does not answer at start", inputs=1,
+                   outcome="TrackingUnavailable 'did not answer' before the run body")
 def test_unreachable_tracking_server_fails_clearly_before_training(monkeypatch):
     from alexnet.tracking import TrackingUnavailable
 
@@ -67,6 +79,8 @@ def test_unreachable_tracking_server_fails_clearly_before_training(monkeypatch):
             pass
 
 
+@pytest.mark.fault("the tracking server stopped mid-run, then restarted", inputs=1,
+                   outcome="training goes on with one line; every metric of every step back-filled once")
 @pytest.mark.slow
 def test_metrics_survive_a_server_outage_and_are_backfilled(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # what jobs.runtime sets, stricter
@@ -203,6 +217,8 @@ def test_source_tags_name_the_command_and_the_commit_a_submitted_job_was_given(m
     assert source_tags("alexnet demo", job=False)["mlflow.source.type"] == "LOCAL"
 
 
+@pytest.mark.fault("another service and the tracking server not answering", inputs=2,
+                   outcome="only MLflow's outage is blamed on the store")
 def test_only_errors_that_come_through_mlflow_are_blamed_on_the_tracking_store(monkeypatch):
     """A Ray job server or any other service that does not answer is not "MLflow did not answer"."""
     import requests
@@ -217,3 +233,21 @@ def test_only_errors_that_come_through_mlflow_are_blamed_on_the_tracking_store(m
     with pytest.raises(Exception) as tracking:
         client(uri).get_experiment_by_name("e")
     assert problem(tracking.value) == "outage" and "start the tracking server" in explain(tracking.value, uri)
+
+
+@pytest.mark.fault("tracking URI with a password, store down: metric writes and the run's final status fail", inputs=2,
+                   outcome="both lines printed name the failure with the password masked; the metrics are kept")
+def test_errors_about_a_store_whose_uri_holds_a_password_never_print_it(monkeypatch, capsys):
+    """MLflow's own error text repeats the request URL, credentials included."""
+    from alexnet.tracking import finish_run
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    uri = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
+    lines = []
+    logger = MetricLogger(uri, "0" * 32, say=lines.append)
+    assert not logger.log({"train/loss": 1.0}, step=0) and len(logger.pending) == 1
+    assert not finish_run(uri, "0" * 32, "FINISHED", retry=False)
+    printed = "\n".join(lines) + capsys.readouterr().err
+    assert "MLflow unreachable" in printed and "could not mark MLflow run" in printed
+    assert "127.0.0.1" in printed and PASSWORD not in printed and "alice" not in printed

@@ -45,6 +45,10 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.glob("checkpoint_*") if (p / checkpoint.META_FILE).is_file())
 
 
+@pytest.mark.fault("a diverging run (lr 1e38) resuming a run; a resume with another optimiser or "
+                   "architecture", inputs=3,
+                   outcome="TrainingError naming epoch and step, the last good checkpoint intact and finite;"
+                           " the other shapes refused before Ray")
 def test_two_workers_checkpoint_every_epoch_then_the_same_run_name_resumes_and_nan_stops_it(shapes_dataset, tmp_path):
     first = _fit(shapes_dataset, tmp_path, "r", "run.num_workers=2", "optim.epochs=1")
     assert first.epochs == 1 and first.resumed_from_epoch is None
@@ -90,6 +94,9 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.fault("SIGKILL of a train worker after the first checkpoint", inputs=1,
+                   outcome="the run restarts from the checkpoint, not from scratch (epoch 0 logged once), "
+                           "and finishes all 4 epochs")
 def test_a_killed_train_worker_restarts_from_the_last_checkpoint(shapes_dataset, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -109,6 +116,9 @@ def test_a_killed_train_worker_restarts_from_the_last_checkpoint(shapes_dataset,
     assert set(steps) == {0, 1, 2, 3} and steps.count(0) == 1  # restarted from a checkpoint, not from scratch
 
 
+@pytest.mark.fault("SIGKILL of the `alexnet train` driver after a checkpoint; the same command rerun", inputs=1,
+                   outcome="the rerun resumes at the next epoch and finishes; its output shows the project's"
+                           " lines, no Ray internals")
 def test_a_killed_driver_rerun_with_the_same_run_name_continues_at_the_next_epoch(shapes_dataset, tmp_path):
     work = tmp_path / "work"
     cmd = [sys.executable, "-m", "jobs.cli", "train", "--recipe", "smoke", "--data", str(shapes_dataset), "--workdir", str(work),

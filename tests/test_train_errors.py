@@ -11,6 +11,9 @@ from jobs.cli import main
 from pipelines.errors import UserError
 
 
+@pytest.mark.fault("bad --set values and recipes: zero or negative workers, indivisible batch, "
+                   "unknown arch or recipe, inf, 1e400, NaN, true, 2.5", inputs=12,
+                   outcome="exit 2, one line naming the key and value; no work folder, Ray or MLflow started")
 @pytest.mark.parametrize("extra, needle", [
     (["--set", "run.num_workers=0"], "run.num_workers=0"),
     (["--set", "run.num_workers=-1"], "run.num_workers=-1"),
@@ -32,12 +35,16 @@ def test_bad_config_exits_2_with_one_line(shapes_dataset, tmp_path, capsys, extr
     assert not (tmp_path / "w").exists()  # failed before the work directory, Ray or MLflow
 
 
+@pytest.mark.fault("--data naming an empty folder", inputs=1,
+                   outcome="exit 2 naming dataset.json")
 def test_a_directory_that_is_not_a_dataset_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     rc = main(["train", "--recipe", "smoke", "--data", str(tmp_path / "empty"), "--workdir", str(tmp_path / "w")])
     assert rc == 2 and "dataset.json" in capsys.readouterr().err
 
 
+@pytest.mark.fault("a dataset.json whose class list drops classes its labels use", inputs=1,
+                   outcome="exit 2 naming the labels")
 def test_labels_outside_the_classes_exit_2(shapes_dataset, tmp_path, capsys):
     import json
     import shutil
@@ -51,6 +58,8 @@ def test_labels_outside_the_classes_exit_2(shapes_dataset, tmp_path, capsys):
     assert rc == 2 and "label" in capsys.readouterr().err
 
 
+@pytest.mark.fault("more GPUs than the cluster has (2 ways); workers that leave Ray Data no CPU", inputs=3,
+                   outcome="UserError naming the counts")
 def test_placement_refuses_more_gpus_than_the_cluster_has_and_leaves_cpus_to_ray_data():
     with pytest.raises(UserError, match="needs 4 GPUs; the cluster has 2"):
         plan_placement(load_config("smoke", ["run.num_workers=4", "run.use_gpu=true"]), {"CPU": 8, "GPU": 2})
@@ -63,6 +72,8 @@ def test_placement_refuses_more_gpus_than_the_cluster_has_and_leaves_cpus_to_ray
         plan_placement(load_config("smoke", ["run.cpus_per_worker=1", "run.num_workers=2"]), {"CPU": 2})
 
 
+@pytest.mark.fault("--resume-from a path with no checkpoint", inputs=1,
+                   outcome="exit 2, one line naming --resume-from")
 def test_resume_from_a_path_that_is_no_checkpoint_exits_2_naming_the_option(shapes_dataset, tmp_path, capsys):
     rc = main(["train", "--recipe", "smoke", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), "--recipe", "smoke",
                "--resume-from", str(tmp_path / "nowhere")])
@@ -108,6 +119,9 @@ class _Refusing:
         self.server.server_close()
 
 
+@pytest.mark.fault("a tracking store at start that is down, not a store URI, a file where a folder "
+                   "is needed, refusing (403)", inputs=4,
+                   outcome="exit 2, one line naming what to fix, no traceback; no checkpoint written")
 @pytest.mark.parametrize("store, needle", [
     ("down", "did not answer"),
     ("foo://nowhere", "is not a store MLflow can open"),
@@ -130,6 +144,8 @@ def test_a_tracking_store_that_cannot_be_used_at_start_is_one_line(ray_local, sh
     assert not list((tmp_path / "w" / "runs").glob("*/checkpoint_*"))  # stopped before training
 
 
+@pytest.mark.fault("run.register_as with a `/`", inputs=1,
+                   outcome="exit 2, one line, before the MLflow store is created")
 def test_a_model_name_mlflow_would_refuse_after_training_is_refused_before(ray_local, shapes_dataset, tmp_path,
                                                                             capsys):
     rc = main(["train", "--recipe", "smoke", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"),
@@ -139,6 +155,8 @@ def test_a_model_name_mlflow_would_refuse_after_training_is_refused_before(ray_l
     assert not (tmp_path / "w" / "mlflow.db").exists()
 
 
+@pytest.mark.fault("`promote` and `predict` against a tracking server that does not answer", inputs=2,
+                   outcome="exit 2, one line each saying the store did not answer")
 def test_registry_commands_with_a_store_that_does_not_answer_are_one_line(tmp_path, capsys, monkeypatch):
     from tests.mlflow_helpers import free_port
 
@@ -151,6 +169,8 @@ def test_registry_commands_with_a_store_that_does_not_answer_are_one_line(tmp_pa
     assert "--model models:/alexnet@champion: MLflow at" in line and "did not answer" in line
 
 
+@pytest.mark.fault("a run that diverges (lr 1e38)", inputs=1,
+                   outcome="exit 2, last line names the divergence and `lower optim.lr`; no traceback")
 @pytest.mark.slow
 def test_a_diverged_run_is_one_line_naming_what_to_change(ray_local, shapes_dataset, tmp_path, capsys):
     rc = main(["train", "--recipe", "smoke", "--data", str(shapes_dataset), "--workdir", str(tmp_path / "w"), "--set", "optim.lr=1e38",
@@ -161,6 +181,8 @@ def test_a_diverged_run_is_one_line_naming_what_to_change(ray_local, shapes_data
     assert "lower optim.lr" in last and "Traceback" not in err
 
 
+@pytest.mark.fault("`evaluate --log-to` a run id that does not exist", inputs=1,
+                   outcome="exit 2, one line, before evaluating")
 def test_evaluate_logging_to_a_run_that_does_not_exist_is_refused_before_evaluating(shapes_dataset, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 

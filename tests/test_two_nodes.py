@@ -89,6 +89,8 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.fault("a request to a two-node cluster's job server without the token", inputs=1,
+                   outcome="HTTP 401; the same request with the token answered")
 def test_the_job_server_answers_only_with_the_token_when_token_auth_is_on(cluster):
     import urllib.error
     import urllib.request
@@ -105,6 +107,9 @@ def test_the_job_server_answers_only_with_the_token_when_token_auth_is_on(cluste
     urllib.request.urlopen(allowed, timeout=30).read()
 
 
+@pytest.mark.fault("`alexnet train` with the default local --storage on a two-node cluster", inputs=1,
+                   outcome="exit 2, one error line naming --storage and the fix; no checkpoint folder, no "
+                           "MLflow run")
 def test_the_default_local_storage_on_two_nodes_is_one_line_before_training(cluster, s3_dataset, mlflow_server,
                                                                              tmp_path):
     work = tmp_path / "work"
@@ -118,6 +123,10 @@ def test_the_default_local_storage_on_two_nodes_is_one_line_before_training(clus
     assert not (work / "runs").exists() and _runs(mlflow_server.uri, "local-storage") == []  # nothing started
 
 
+@pytest.mark.fault("the worker node's raylet SIGKILLed mid-fit (a node joins), then the driver "
+                   "SIGKILLed; the same command rerun", inputs=2,
+                   outcome="one line for the lost node; the rerun resumes from S3 at the next epoch; one "
+                           "MLflow run FINISHED with one point per epoch; the model registered")
 def test_a_killed_worker_node_and_a_killed_driver_resume_from_s3_in_the_same_mlflow_run(cluster, s3_dataset, bucket,
                                                                                         mlflow_server, tmp_path):
     runs, name, epochs = f"{bucket}/runs", "two-nodes", 5

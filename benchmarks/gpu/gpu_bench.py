@@ -33,7 +33,7 @@ mlflow-skinny==3.17.2, as pyproject.toml's ray>=2.60,<2.61 and mlflow>=3.13,<4),
 call, with carry [".devbundle"] and timeout_s 600 (build the bundle first, in the repo root here:
 `../shared/tools/device-bundle.sh`; 43 MB):
 
-    mkdir -p /tmp/site && tar -C /tmp/site -xJf .devbundle/site.tar.xz && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled && (timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_device_augment.py tests/test_device_input.py -k cuda 2>&1 | tail -15 > $OUT/cuda_tests.txt; timeout 500 python3 benchmarks/gpu/gpu_bench.py --out $OUT --budget-s 450 2>&1 | tee $OUT/log.txt; cat $OUT/cuda_tests.txt)
+    mkdir -p /tmp/site && tar -C /tmp/site -xJf .devbundle/site.tar.xz && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && (timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_device_augment.py tests/test_device_input.py -k cuda 2>&1 | tail -15 > $OUT/cuda_tests.txt; timeout 500 python3 benchmarks/gpu/gpu_bench.py --out $OUT --budget-s 450 2>&1 | tee $OUT/log.txt; cat $OUT/cuda_tests.txt)
 
 (the CUDA tests first, 60 s at most: the device path's pixels against the CPU path's, the feeder's
 streams; then this script, 450 s of sections.)
@@ -51,7 +51,6 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local Ray on this machine only
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared dataset helper
 
 GFLOP_PER_IMAGE = 4.3  # training step of torchvision's AlexNet at 224 px: 3 x 0.71 GMAC x 2 FLOP/MAC
