@@ -47,7 +47,9 @@ def describe_failure(err: BaseException) -> str:
     cause = getattr(err, "health_check_failure", None) or err  # Ray Train's wrapper of a failed poll
     if isinstance(cause, ray.exceptions.RayActorError):
         return f"its process died: {type(cause).__name__}"
-    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    from alexnet.redaction import redact_text
+
+    lines = [line for line in redact_text(str(cause)).strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else type(cause).__name__
 
 

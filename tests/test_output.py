@@ -65,6 +65,8 @@ def test_notes_and_recovered_failures_go_to_stderr_as_one_line(capsys):
                    "[tracking] MLflow unreachable (ConnectionError); training continues"]
     assert out.getvalue() == ""
     assert describe_failure(RuntimeError("Traceback ...\n  File x\nOSError: disk full\n")) == "OSError: disk full"
+    leak = describe_failure(RuntimeError("MlflowException: http://ann:hunter2@mlflow:5000/api did not answer"))
+    assert "hunter2" not in leak and "mlflow:5000" in leak
 
 
 @pytest.mark.fault("bad --set items: unknown key, unknown section, no section", inputs=3,
