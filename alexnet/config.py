@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from alexnet.schedules import SCHEDULES
+from alexnet.lr_schedule import LR_SCHEDULES
 from pipelines.errors import UserError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -49,7 +49,7 @@ class OptimConfig:
     weight_decay: float = 5e-4  # L2 coefficient (decoupled for AdamW)
     batch_size: int = 128  # images per step, all workers together
     epochs: int = 90  # full passes over the training split
-    schedule: str = "plateau"  # a name in schedules.SCHEDULES: plateau (paper: /10 when val stalls) | step | cosine | constant
+    schedule: str = "plateau"  # a name in lr_schedule.LR_SCHEDULES: plateau (paper: /10 when val stalls) | step | cosine | constant
     step_size: int = 30  # epochs between x0.1 decays of the step schedule
     warmup_epochs: int = 0  # linear warm-up from lr/10, in epochs
     label_smoothing: float = 0.0  # probability mass spread over all classes; 0 disables
@@ -84,7 +84,7 @@ class Config:
 CHOICES = {
     "data.decode": ("cpu", "gpu"),
     "optim.optimizer": ("sgd", "adamw"),
-    "optim.schedule": tuple(SCHEDULES),
+    "optim.schedule": tuple(LR_SCHEDULES),
     "run.use_gpu": ("auto", "true", "false"),
 }
 

@@ -37,7 +37,7 @@ Data spreads the tasks over the nodes. Memory a node holds for the training stre
   budget (a share of the node's object store, itself 30% of its RAM by default): a consumer that
   pauses (validation, a checkpoint) backpressures the tasks instead of growing the buffers;
 - per train worker: its local shuffle buffer (`data.shuffle_buffer` images, 1024 x 150 KB = 154 MB
-  at 224 px) and the prefetched batches (alexnet.worker.PREFETCH_BATCHES x the batch).
+  at 224 px) and the prefetched batches (alexnet.train_loop.PREFETCH_BATCHES x the batch).
 
 Seeded augmentation is a pure function of (seed, epoch, image id): each task knows the epoch of
 its unit from the unit's position in the stream, offset by the epoch the stream starts at. That

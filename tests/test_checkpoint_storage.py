@@ -14,7 +14,7 @@ import torch
 from alexnet import checkpoint
 from alexnet.config import load_config
 from alexnet.shared_storage import Mount, mount_of, node_mount, parse_mountinfo, refusal
-from alexnet.trainer import resume_point
+from alexnet.fit import resume_point
 from pipelines.errors import UserError
 
 
@@ -121,8 +121,8 @@ def test_fit_resumes_from_an_s3_checkpoint_saves_to_s3_and_the_servable_model_is
     from mlflow.tracking import MlflowClient
 
     from alexnet import build_model
-    from alexnet.trainer import check_inputs, fit, load_classifier
-    from alexnet.worker import make_optimizer
+    from alexnet.fit import check_inputs, fit, load_classifier
+    from alexnet.train_loop import make_optimizer
 
     cfg = load_config("smoke", [f"data.path={shapes_dataset}", "optim.batch_size=16", "optim.epochs=2"])
     info = check_inputs(cfg)

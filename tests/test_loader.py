@@ -173,10 +173,10 @@ def test_train_workers_take_equal_batches_from_one_stream(info, tmp_path, worker
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from alexnet.trainer import steps_per_epoch
+    from alexnet.fit import steps_per_epoch
 
     def count_loop(config: dict) -> None:
-        """Only counts, as alexnet.worker does: rank 0 sets the start epoch, everyone makes one
+        """Only counts, as alexnet.train_loop does: rank 0 sets the start epoch, everyone makes one
         iterator for the run and takes K batches of it per epoch. (Nested so that Ray pickles it
         by value: workers cannot import this test module.)"""
         import json
@@ -256,18 +256,18 @@ def test_the_train_worker_reads_a_planned_stream_through_its_device_feeder(info)
     (here on the CPU device) and come out as the CPU path's pixels, batch after batch."""
     import torch
 
-    from alexnet import worker
+    from alexnet import train_loop as train_loop_module
     from alexnet.device_input import DeviceFeeder
 
     # Whole batches only: both streams hold the same rows (drop_last drops nothing).
     kw = dict(crop=48, resize=72, pca_std=0.1, flip=True, seed=5, epoch=0, per_epoch=info.split_size("train") // 8 * 8)
     preset = train_preset(info, crop=48, resize=72, pca_std=0.1, flip=True, random_resized_crop=False)
     cpu = torch.device("cpu")
-    host = worker._host_batches(train_dataset(info, decode_on_device=True, **kw).iterator(), True, cpu,
+    host = train_loop_module._host_batches(train_dataset(info, decode_on_device=True, **kw).iterator(), True, cpu,
                                 batch_size=8, shuffle_buffer=None, shuffle_seed=0)
-    expected = worker._host_batches(train_dataset(info, **kw).iterator(), False, cpu,
+    expected = train_loop_module._host_batches(train_dataset(info, **kw).iterator(), False, cpu,
                                     batch_size=8, shuffle_buffer=None, shuffle_seed=0)
-    stream = worker._device_input(host, preset, cpu)
+    stream = train_loop_module._device_input(host, preset, cpu)
     assert isinstance(stream, DeviceFeeder)
     try:
         got = {(int(lab), img.numpy().tobytes()) for b in stream for lab, img in zip(b["label"], b["image"])}
@@ -275,4 +275,4 @@ def test_the_train_worker_reads_a_planned_stream_through_its_device_feeder(info)
         stream.close()
     want = {(int(lab), img.numpy().tobytes()) for b in expected for lab, img in zip(b["label"], b["image"])}
     assert len(got) >= 8 and got == want
-    assert worker._device_input(expected, None, cpu) is expected  # the CPU path passes through
+    assert train_loop_module._device_input(expected, None, cpu) is expected  # the CPU path passes through

@@ -16,7 +16,7 @@ import pytest
 
 from alexnet import checkpoint
 from alexnet.config import load_config
-from alexnet.trainer import TrainingError, check_inputs, fit
+from alexnet.fit import TrainingError, check_inputs, fit
 from pipelines.errors import UserError
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ Sections, in order (a section the remaining --budget-s cannot hold is recorded a
 4. compute_only (eager): the model alone, bf16 autocast, channels_last, SGD, batch 256.
 5. feeder_train: sections 3 and 4 in one process (no Ray Train): the data path the train worker
    gets once it pulls its batches through DeviceFeeder.
-6. fit runs (alexnet.trainer.fit: what `alexnet train` runs), the torchvision recipe at 224 px
+6. fit runs (alexnet.fit.fit: what `alexnet train` runs), the torchvision recipe at 224 px
    on one worker: data.decode=gpu (2 epochs), then cpu (1 epoch: input-bound at a few thousand
    images/s, its one epoch of >= 100,000 images is steady state); then compute_only and the
    data.decode=gpu run with run.compile=true; last the cpu-decode compile run (input-bound:
@@ -338,10 +338,10 @@ METRICS = ("throughput/images_per_s", "throughput/data_wait_fraction", "time/epo
 
 
 def pipeline(bench: Bench, name: str, cfg, work: Path, sizes: Sizes, device, peak_tflops: float) -> dict:
-    """One `alexnet.trainer.fit` run (TorchTrainer, 1 worker); its per-epoch metrics from MLflow."""
+    """One `alexnet.fit.fit` run (TorchTrainer, 1 worker); its per-epoch metrics from MLflow."""
     from mlflow.tracking import MlflowClient
 
-    from alexnet.trainer import check_inputs, fit
+    from alexnet.fit import check_inputs, fit
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     client = MlflowClient(uri)

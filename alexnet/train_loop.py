@@ -1,7 +1,7 @@
 """The loop each Ray Train worker runs: build, (resume), then train/evaluate/report per epoch.
 
 Ray only hands this loop its data shards and receives its reports; the epoch functions are
-plain PyTorch (engine.py). Rank 0 alone writes checkpoints' metrics to MLflow.
+plain PyTorch (epochs.py). Rank 0 alone writes checkpoints' metrics to MLflow.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 from alexnet import build_model, checkpoint
 from alexnet.config import from_dict
 from alexnet.device_input import DeviceFeeder
-from alexnet.engine import evaluate, reduce_sums, train_one_epoch
-from alexnet.schedules import Plateau, lr_at, scaled_lr
+from alexnet.epochs import evaluate_epoch, reduce_sums, train_one_epoch
+from alexnet.lr_schedule import Plateau, lr_at, scaled_lr
 from alexnet.tracking import MetricLogger, start_system_metrics
 from pipelines.device_augment import augment_on_device
 
@@ -113,7 +113,7 @@ def train_loop(loop_config: dict) -> None:
             )
             val_batches = val_shard.iter_torch_batches(
                 batch_size=per_worker, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu")
-            va = reduce_sums(evaluate(model, val_batches, device, mean=mean, std=std, amp_dtype=amp_dtype,
+            va = reduce_sums(evaluate_epoch(model, val_batches, device, mean=mean, std=std, amp_dtype=amp_dtype,
                                       channels_last=channels_last), device)
             metrics = epoch_metrics(epoch, lr, tr, va, wall_s=time.perf_counter() - epoch_start, world=world)
             if cfg.optim.schedule == "plateau":

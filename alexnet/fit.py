@@ -119,7 +119,7 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
     from ray.train.torch import TorchTrainer
 
     from alexnet.progress import Display, RunView
-    from alexnet.worker import train_loop
+    from alexnet.train_loop import train_loop
 
     placement = plan_placement(cfg, ray.cluster_resources())
     if cfg.data.decode == "gpu" and not placement.gpu_decode:
