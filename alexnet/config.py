@@ -21,7 +21,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataSection:
     path: str = ""  # dataset directory written by `alexnet ingest`
     crop: int = 224  # px, side of the square network input
     resize: int = 256  # px, shorter side every image is scaled to before the crop (random in training, centre in val)
@@ -35,14 +35,14 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelSection:
     arch: str = "torchvision"  # a name in alexnet.ARCHITECTURES
     dropout: float = 0.5  # probability, in the fully connected layers
     hidden: int = 4096  # units of the two hidden fully connected layers (4096 in every source; fewer for quick CPU runs)
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimSection:
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.01  # learning rate per 128 images of global batch (scaled linearly)
     momentum: float = 0.9  # SGD only
@@ -56,7 +56,7 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunSection:
     num_workers: int = 1  # Ray Train workers (one per GPU on GPU clusters)
     use_gpu: str = "auto"  # auto (GPUs if the cluster has any) | true | false
     cpus_per_worker: float = 0.0  # CPUs each train worker reserves; 0 = sized so Ray Data keeps CPUs
@@ -72,10 +72,10 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
