@@ -33,7 +33,7 @@ class TrainingDiverged(TrainingError, UserError):
 class Placement:
     use_gpu: bool
     cpus_per_worker: float
-    gpu_decode: bool = False  # train workers decode and augment on their GPUs (data.decode=gpu with GPUs)
+    decode_on_device: bool = False  # train workers decode and augment on their GPUs (data.decode=gpu with GPUs)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def plan_placement(cfg: Config, cluster: dict) -> Placement:
         raise UserError(
             f"run.num_workers={n} x run.cpus_per_worker={cpu:g} CPUs leaves no CPU for Ray Data on a "
             f"{cpus:g}-CPU cluster; lower run.cpus_per_worker (0 = automatic)")
-    return Placement(use_gpu, cpu, gpu_decode=cfg.data.decode == "gpu" and use_gpu)
+    return Placement(use_gpu, cpu, decode_on_device=cfg.data.decode == "gpu" and use_gpu)
 
 
 def check_inputs(cfg: Config) -> DatasetInfo:
@@ -122,7 +122,7 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
     from alexnet.train_loop import train_loop
 
     placement = plan_placement(cfg, ray.cluster_resources())
-    if cfg.data.decode == "gpu" and not placement.gpu_decode:
+    if cfg.data.decode == "gpu" and not placement.decode_on_device:
         print("data.decode=gpu: this run has no GPU; Ray Data's CPU workers decode instead", flush=True)
     resume = resume_point(cfg, str(storage), run_name, resume_from, num_classes=info.num_classes)
     first_epoch = resume[1] + 1 if resume is not None else 0
@@ -140,7 +140,7 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
                                flip=cfg.data.flip, seed=cfg.data.seed, random_resized_crop=cfg.data.random_resized_crop,
                                epochs=max(1, cfg.optim.epochs - first_epoch),
                                per_epoch=steps * per_worker * cfg.run.num_workers, start=start,
-                               decode_on_device=placement.gpu_decode),
+                               decode_on_device=placement.decode_on_device),
         "val": val_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, ten_crop=cfg.data.ten_crop_eval),
     }
     for ds in datasets.values():
@@ -163,7 +163,7 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
             # data.decode=gpu: the worker decodes and augments the planned rows with this preset
             "device_preset": train_preset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
                                           flip=cfg.data.flip, random_resized_crop=cfg.data.random_resized_crop)
-            if placement.gpu_decode else None,
+            if placement.decode_on_device else None,
         },
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=placement.use_gpu,
                                      resources_per_worker={"CPU": placement.cpus_per_worker}),

@@ -155,10 +155,10 @@ def epoch_metrics(epoch: int, lr: float, tr: dict, va: dict, *, wall_s: float, w
     }
 
 
-def _host_batches(shard, encoded: bool, device, *, batch_size: int, shuffle_buffer: int | None, shuffle_seed: int):
+def _host_batches(shard, decode_on_device: bool, device, *, batch_size: int, shuffle_buffer: int | None, shuffle_seed: int):
     """This worker's batches of one epoch from its Ray Data shard: uint8 image / int64 label tensors,
-    or, when `encoded` (data.decode=gpu), Arrow tables of rows still encoded, with their augmentation plans."""
-    if not encoded:
+    or, when `decode_on_device` (data.decode=gpu), Arrow tables of rows still encoded, with their augmentation plans."""
+    if not decode_on_device:
         return shard.iter_torch_batches(
             batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=shuffle_buffer,
             local_shuffle_seed=shuffle_seed, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu",

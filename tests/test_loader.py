@@ -68,7 +68,7 @@ def _cuda() -> bool:
     not _cuda(), reason="no CUDA device (CI has none; the GPU machine runs this)"))])
 @pytest.mark.parametrize("crop, rrc", [(48, False), (80, False), (40, True)])
 @pytest.mark.parametrize("batch_format", ["pyarrow", "numpy"])
-def test_gpu_decode_path_augments_each_image_like_the_cpu_path(info, crop, rrc, batch_format, device):
+def test_decode_on_device_path_augments_each_image_like_the_cpu_path(info, crop, rrc, batch_format, device):
     """data.decode=gpu: Ray Data only plans, the train worker decodes and augments with torch (on
     the CPU device where there is no GPU, with nvJPEG on CUDA), from Ray Data's batches as Arrow
     tables (the worker's form) or numpy. Same crops, flips and lighting per image as the CPU path:
