@@ -1,4 +1,4 @@
-"""The scheduler's durable state and one tick of I/O around `jobs.schedule.decide`.
+"""The scheduler's durable state and one tick of I/O around `jobs.schedule.plan_tick`.
 
 State is one JSON file (default: next to the schedule file, `<name>.state.json`), replaced
 atomically (temp file + fsync + os.replace) and guarded by an flock, so a `schedule run` loop
@@ -151,14 +151,14 @@ def tick_one(s: sch.Schedule, states: dict, state_path: Path, now: dt.datetime, 
     metric = None
     if s.trigger.kind == "metric-below":
         metric, error = read_metric(s, st)
-    decision = sch.decide(s, st, now, statuses, data, metric, error)
-    states[s.name] = decision.state
+    plan = sch.plan_tick(s, st, now, statuses, data, metric, error)
+    states[s.name] = plan.state
     save_state(state_path, states)  # the slot is taken before the job exists (see module doc)
-    lines = [f"{s.name}: {note}" for note in decision.notes]
-    for rec in decision.submits:
+    lines = [f"{s.name}: {note}" for note in plan.notes]
+    for rec in plan.submits:
         line = submit_record(s, rec, client, now, environ)
         if rec.status == "SUBMITTING":
-            decision.state.last_error, decision.state.last_error_at = line, sch.iso(now)
+            plan.state.last_error, plan.state.last_error_at = line, sch.iso(now)
         lines.append(f"{s.name}: {line}")
         save_state(state_path, states)
     return lines
