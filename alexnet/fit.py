@@ -45,7 +45,6 @@ class Outcome:
     latest_checkpoint: str
     storage: str
     resumed_from_epoch: int | None = None  # last completed epoch (0-based) of the checkpoint resumed from
-    resumed_from: str | None = None  # that checkpoint's path
     best_epoch: int = 0  # the epoch (0-based) of best_checkpoint, whose val top-1 is val_top1
 
 
@@ -275,7 +274,7 @@ def _outcome(result, run_name: str, storage: str, resume: tuple[str, int] | None
     return Outcome(run_name=run_name, val_top1=float(metrics.get("val_top1", last["metrics"]["val_top1"])),
                    epochs=int(last["epoch"]) + 1, best_checkpoint=best_path, latest_checkpoint=latest_path,
                    storage=storage, resumed_from_epoch=resume[1] if resume else None,
-                   resumed_from=resume[0] if resume else None, best_epoch=int(metrics.get("epoch", last["epoch"])))
+                   best_epoch=int(metrics.get("epoch", last["epoch"])))
 
 
 def load_classifier(checkpoint_path: str, info: DatasetInfo):

@@ -25,13 +25,6 @@ def _by_key(ds) -> dict:
     return out
 
 
-def _by_epoch_and_key(ds) -> dict:
-    out = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        out.update(zip(zip(batch["epoch"].tolist(), batch["key"].tolist()), batch["image"]))
-    return out
-
-
 def test_pipelines_shapes_and_dtypes(info):
     train = train_dataset(info, crop=48, resize=72, pca_std=0.1, flip=True, seed=0, epoch=0).take_batch(5)
     assert train["image"].shape == (5, 3, 48, 48) and train["image"].dtype == np.uint8
