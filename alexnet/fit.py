@@ -118,7 +118,7 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
     from ray.train.torch import TorchTrainer
 
     from alexnet.progress import Display, RunView
-    from alexnet.train_loop import train_loop
+    from alexnet.train_loop import LoopInputs, train_loop
 
     placement = plan_placement(cfg, ray.cluster_resources())
     if cfg.data.decode == "gpu" and not placement.decode_on_device:
@@ -147,23 +147,15 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
     view = RunView(Display(epochs=cfg.optim.epochs, steps=steps, images_per_step=per_worker * cfg.run.num_workers))
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={
-            "config": cfg.to_dict(),
-            "dataset": {"version": info.version, "mean": info.pixel_mean, "std": info.pixel_std,
-                        "num_classes": info.num_classes},
-            "tracking_uri": tracking_uri,
-            "run_id": run_id,
-            "resume_from": resume[0] if resume is not None else None,
-            "storage": str(storage),  # a restarted worker group finds checkpoints Ray had not registered
-            "run_name": run_name,
-            "start": start,
-            "steps_per_epoch": steps,
-            "progress": view.channel,  # rank 0's steps and notes, to the driver's terminal
-            # data.decode=gpu: the worker decodes and augments the planned rows with this preset
-            "device_preset": train_preset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
-                                          flip=cfg.data.flip, random_resized_crop=cfg.data.random_resized_crop)
+        train_loop_config={"inputs": LoopInputs(
+            config=cfg, dataset_version=info.version, num_classes=info.num_classes,
+            pixel_mean=tuple(info.pixel_mean), pixel_std=tuple(info.pixel_std),
+            tracking_uri=tracking_uri, run_id=run_id, run_name=run_name, storage=str(storage), start=start,
+            steps_per_epoch=steps, progress=view.channel,
+            device_preset=train_preset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
+                                       flip=cfg.data.flip, random_resized_crop=cfg.data.random_resized_crop)
             if placement.decode_on_device else None,
-        },
+            initial_checkpoint=resume[0] if resume is not None else None)},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=placement.use_gpu,
                                      resources_per_worker={"CPU": placement.cpus_per_worker}),
         run_config=RunConfig(
