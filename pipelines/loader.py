@@ -114,11 +114,10 @@ class StartEpoch:
 @contextmanager
 def _per_file_reads():
     """Ray Data 2.60's default Parquet reader (DataSourceV2) packs small files into one read task
-    whose single output block then feeds a single map task: a 2000-image epoch was decoded by one
-    core while the others idled (measured: 1 read task, 1 map task; 540 img/s on 2 CPUs and 400
-    on 16). The per-file reader splits the work across the cluster (900 img/s on 2 CPUs; see
-    benchmarks/RESULTS.md). The flag is read only while read_parquet builds the plan, so it is
-    restored right after; the Dataset keeps its own copy of the context."""
+    whose single output block then feeds a single map task, so one core decodes while the others
+    idle; the per-file reader gives every file its own task (figures in benchmarks/RESULTS.md).
+    The flag is read only while read_parquet builds the plan, so it is restored right after; the
+    Dataset keeps its own copy of the context."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
