@@ -414,7 +414,7 @@ def main() -> None:
     bench.section("device_input", lambda: device_input(info, eager, device, sizes.batch), estimate_s=15)
     bench.section("compute_only_eager", lambda: compute_only(eager, classes, device, sizes, False, peak), estimate_s=10)
     bench.section("feeder_train", lambda: feeder_train(info, eager, classes, device, sizes, peak), estimate_s=15)
-    bench.section("fit_gpu_decode_eager", lambda: pipeline(bench, "gpu-decode-eager", eager, work, sizes, device, peak),
+    bench.section("fit_decode_on_device_eager", lambda: pipeline(bench, "decode-on-device-eager", eager, work, sizes, device, peak),
                   estimate_s=fit_estimate)
     # Input-bound at a few thousand images/s: one epoch of >= 100,000 images is its steady state.
     bench.section("fit_cpu_decode_eager", lambda: pipeline(bench, "cpu-decode-eager", recipe(
@@ -422,7 +422,7 @@ def main() -> None:
                   estimate_s=40 + train_images / 2_500)
     bench.section("compute_only_compile", lambda: compute_only(eager, classes, device, sizes, True, peak),
                   estimate_s=60)
-    bench.section("fit_gpu_decode_compile", lambda: pipeline(bench, "gpu-decode-compile", recipe(
+    bench.section("fit_decode_on_device_compile", lambda: pipeline(bench, "decode-on-device-compile", recipe(
         data["path"], sizes, decode="gpu", compile_=True), work, sizes, device, peak), estimate_s=fit_estimate + 60)
     bench.section("fit_cpu_decode_compile", lambda: pipeline(bench, "cpu-decode-compile", recipe(
         data["path"], sizes, decode="cpu", compile_=True), work, sizes, device, peak),
