@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from pipelines.augment import ValPreset, stored_dim
 from pipelines.decode import source_array
-from pipelines.errors import UserError
+from pipelines.errors import UserError, first_line
 from pipelines.images import IMAGE_EXTENSIONS
 
 DATASET_FILE = "dataset.json"
@@ -56,8 +56,7 @@ def load_model(model_uri: str, tracking_uri: str | None = None, *, label: str | 
             uri = tracking_uri or mlflow.get_tracking_uri()
             if is_outage(err) or getattr(err, "error_code", "") in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
                 raise TrackingUnavailable(f"{label}: {explain(err, uri)}") from err
-            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"{label}: cannot load it from {redact('uri', uri)}: {text}") from None
+            raise UserError(f"{label}: cannot load it from {redact('uri', uri)}: {first_line(err)}") from None
         return load(local, source=label)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from alexnet.redaction import redact_text
 from jobs import schedule as sch
-from pipelines.errors import UserError
+from pipelines.errors import UserError, first_line
 
 STATE_VERSION = 1
 LOCK_WAIT_S = 10.0  # a tick waits this long for another tick to finish, then does nothing
@@ -109,8 +109,7 @@ def read_metric(s: sch.Schedule, st: sch.ScheduleState) -> tuple[float | None, s
 
 
 def _line(err: BaseException) -> str:
-    text = str(err).strip()
-    return redact_text(text.splitlines()[0][:300] if text else type(err).__name__)
+    return redact_text(first_line(err))
 
 
 def tick(schedules: list[sch.Schedule], state_path: Path, now: dt.datetime, connect=None,
