@@ -48,7 +48,7 @@ def save(directory: str | os.PathLike, *, model, optimizer, plateau: dict, epoch
 def shape_of(config: dict, num_classes: int) -> dict:
     """What a run resuming from a checkpoint must share with it: the weights' and the optimiser
     state's layout. (Learning rate, epochs, augmentation may change between runs.)"""
-    return {"model.arch": config["model"]["arch"], "model.hidden": int(config["model"].get("hidden", 4096)),
+    return {"model.arch": config["model"]["arch"], "model.hidden": int(config["model"]["hidden"]),
             "num_classes": int(num_classes), "optim.optimizer": config["optim"]["optimizer"]}
 
 
@@ -76,14 +76,12 @@ def load(checkpoint: str | os.PathLike, map_location="cpu") -> dict:
 def read_meta(checkpoint: str | os.PathLike) -> dict:
     """epoch, dataset_version and metrics of a checkpoint (a path or a URI), without loading its weights."""
     meta_loc = storage.locate(checkpoint).join(META_FILE)
-    if storage.is_file(meta_loc):
-        meta = json.loads(storage.read_bytes(meta_loc))
-        if "shape" in meta:
-            return meta
-    state = load(checkpoint)  # written before meta.json (or its shape entry) existed
-    num_classes = state["model"][next(reversed(state["model"]))].shape[0]  # the last layer's bias
-    return {**{k: state[k] for k in ("epoch", "dataset_version", "metrics")},
-            "shape": shape_of(state["config"], num_classes)}
+    if not storage.is_file(meta_loc):
+        raise FileNotFoundError(f"{meta_loc}: no {META_FILE}")
+    meta = json.loads(storage.read_bytes(meta_loc))
+    if not isinstance(meta, dict) or "shape" not in meta:
+        raise ValueError(f"{meta_loc}: no shape entry (not a checkpoint this project wrote)")
+    return meta
 
 
 def find_latest(storage_path: str, run_name: str) -> tuple[str, int] | None:

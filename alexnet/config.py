@@ -14,14 +14,14 @@ from pathlib import Path
 
 import yaml
 
-from alexnet.schedules import SCHEDULES
+from alexnet.lr_schedule import LR_SCHEDULES
 from pipelines.errors import UserError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataSection:
     path: str = ""  # dataset directory written by `alexnet ingest`
     crop: int = 224  # px, side of the square network input
     resize: int = 256  # px, shorter side every image is scaled to before the crop (random in training, centre in val)
@@ -35,28 +35,28 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelSection:
     arch: str = "torchvision"  # a name in alexnet.ARCHITECTURES
     dropout: float = 0.5  # probability, in the fully connected layers
     hidden: int = 4096  # units of the two hidden fully connected layers (4096 in every source; fewer for quick CPU runs)
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimSection:
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.01  # learning rate per 128 images of global batch (scaled linearly)
     momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4  # L2 coefficient (decoupled for AdamW)
     batch_size: int = 128  # images per step, all workers together
     epochs: int = 90  # full passes over the training split
-    schedule: str = "plateau"  # a name in schedules.SCHEDULES: plateau (paper: /10 when val stalls) | step | cosine | constant
+    schedule: str = "plateau"  # a name in lr_schedule.LR_SCHEDULES: plateau (paper: /10 when val stalls) | step | cosine | constant
     step_size: int = 30  # epochs between x0.1 decays of the step schedule
     warmup_epochs: int = 0  # linear warm-up from lr/10, in epochs
     label_smoothing: float = 0.0  # probability mass spread over all classes; 0 disables
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunSection:
     num_workers: int = 1  # Ray Train workers (one per GPU on GPU clusters)
     use_gpu: str = "auto"  # auto (GPUs if the cluster has any) | true | false
     cpus_per_worker: float = 0.0  # CPUs each train worker reserves; 0 = sized so Ray Data keeps CPUs
@@ -72,10 +72,10 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,7 +84,7 @@ class Config:
 CHOICES = {
     "data.decode": ("cpu", "gpu"),
     "optim.optimizer": ("sgd", "adamw"),
-    "optim.schedule": tuple(SCHEDULES),
+    "optim.schedule": tuple(LR_SCHEDULES),
     "run.use_gpu": ("auto", "true", "false"),
 }
 

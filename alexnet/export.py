@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pipelines.atomic import write_atomic_dir
-from pipelines.errors import UserError
+from pipelines.errors import UserError, first_line
 
 SPEC_FILE = "alexnet.json"
 WEIGHTS_FILE = "weights.pt"
@@ -115,13 +115,13 @@ def load(directory: str | os.PathLike, *, source: str | None = None) -> Classifi
         raise ModelFileError(f"{source}: {WEIGHTS_FILE} holds more than tensors (a pickled object); refused "
                              f"without loading it, as loading it could run code") from None
     except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise ModelFileError(f"{source}: {WEIGHTS_FILE} is not a readable weights file ({_first_line(err)})") from None
+        raise ModelFileError(f"{source}: {WEIGHTS_FILE} is not a readable weights file ({first_line(err)})") from None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise ModelFileError(f"{source}: {WEIGHTS_FILE} is not a state_dict (a mapping of names to tensors)")
     try:
         return build(spec, weights)
     except RuntimeError as err:  # missing/unexpected keys, wrong shapes
-        raise ModelFileError(f"{source}: {WEIGHTS_FILE} does not fit {SPEC_FILE} ({_first_line(err)})") from None
+        raise ModelFileError(f"{source}: {WEIGHTS_FILE} does not fit {SPEC_FILE} ({first_line(err)})") from None
 
 
 def read_spec(directory: str | os.PathLike, source: str | None = None) -> ModelSpec:
@@ -165,11 +165,6 @@ def read_spec(directory: str | os.PathLike, source: str | None = None) -> ModelS
         crop=field("crop", lambda v: is_int(v, 1), "a positive integer (px)"),
         resize=field("resize", lambda v: is_int(v, 1), "a positive integer (px)"),
     )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # MLflow's two hooks: `save_model` is the flavor `mlflow.models.Model.log` calls to lay out the

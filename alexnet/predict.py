@@ -7,7 +7,6 @@ GPU each where there are GPUs, holds the model and turns uint8 crops into top-k 
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import uuid
@@ -19,7 +18,7 @@ import pyarrow as pa
 
 from pipelines.augment import ValPreset, stored_dim
 from pipelines.decode import source_array
-from pipelines.errors import UserError
+from pipelines.errors import UserError, first_line
 from pipelines.images import IMAGE_EXTENSIONS
 
 DATASET_FILE = "dataset.json"
@@ -57,8 +56,7 @@ def load_model(model_uri: str, tracking_uri: str | None = None, *, label: str | 
             uri = tracking_uri or mlflow.get_tracking_uri()
             if is_outage(err) or getattr(err, "error_code", "") in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
                 raise TrackingUnavailable(f"{label}: {explain(err, uri)}") from err
-            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"{label}: cannot load it from {redact('uri', uri)}: {text}") from None
+            raise UserError(f"{label}: cannot load it from {redact('uri', uri)}: {first_line(err)}") from None
         return load(local, source=label)
 
 
@@ -248,12 +246,6 @@ def write_predictions(preds, out: str | os.PathLike) -> pa.Table:
     return table
 
 
-def supports_ten_crop() -> bool:
-    from pipelines.loader import val_dataset
-
-    return "ten_crop" in inspect.signature(val_dataset).parameters
-
-
 def evaluate(model, info, *, ten_crop: bool = False, concurrency: int | None = None,
              crop: int | None = None, resize: int | None = None) -> tuple[Scores, np.ndarray, np.ndarray]:
     """A model on a dataset's val split -> (scores, labels, top-1 predictions), in the model's
@@ -264,12 +256,7 @@ def evaluate(model, info, *, ten_crop: bool = False, concurrency: int | None = N
         raise UserError(f"--data {info.path}: its classes differ from the model's "
                         f"({len(info.classes)} vs {len(model.classes)}); evaluate needs the same class list")
     crop, resize = geometry(model, crop, resize)
-    if ten_crop:
-        if not supports_ten_crop():
-            raise UserError("--ten-crop: this version of pipelines.loader.val_dataset has no ten_crop option")
-        ds = val_dataset(info, crop=crop, resize=resize, ten_crop=True)
-    else:
-        ds = val_dataset(info, crop=crop, resize=resize)
+    ds = val_dataset(info, crop=crop, resize=resize, ten_crop=ten_crop)
     ds = ds.map_batches(_add_columns, batch_format="numpy")
     preds = predict_dataset(ds, model, top_k=5, concurrency=concurrency).select_columns(["label", "topk", "error"])
     table = pa.concat_tables(preds.iter_batches(batch_format="pyarrow", batch_size=None))

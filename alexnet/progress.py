@@ -25,7 +25,7 @@ PLAIN_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}
 
 
 def epoch_line(report: dict, epochs: int) -> str:
-    """One finished epoch, from the metrics the loop reports (alexnet.worker.epoch_metrics, with '_'
+    """One finished epoch, from the metrics the loop reports (alexnet.train_loop.epoch_metrics, with '_'
     for '/'), numbered from 1: 'epoch 3/12  train loss 1.2345  val loss ...  31.2 s'."""
     return (f"epoch {int(report['epoch']) + 1}/{epochs}  train loss {report['train_loss']:.4f}  "
             f"val loss {report['val_loss']:.4f}  top-1 {report['val_top1']:.4f}  top-5 {report['val_top5']:.4f}  "
@@ -108,7 +108,7 @@ class EpochReporter(UserCallback):
 
     def after_exception(self, run_context, worker_exceptions: dict) -> None:
         # Mirrors Ray Train's count against FailureConfig.max_failures: a failure it will not retry
-        # is the run's error, which the driver reports (alexnet.trainer).
+        # is the run's error, which the driver reports (alexnet.fit).
         self.failures += 1
         if 0 <= self.max_failures < self.failures:
             return

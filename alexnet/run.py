@@ -1,7 +1,7 @@
 """One training run, tracked and registered: what `alexnet train` and `alexnet demo` do, in one call.
 
     open the MLflow run -> record its origin (config, dataset as its input, code version)
-    -> fit (alexnet.trainer) -> evaluate the best checkpoint -> stage the model on local disk
+    -> fit (alexnet.fit) -> evaluate the best checkpoint -> stage the model on local disk
     -> report artifacts -> log, register and alias the model (alexnet.publish) -> close the run
 
 The run is looked up by name first: re-running a run name that Ray resumes from its checkpoints
@@ -27,7 +27,7 @@ from alexnet.registry import Evaluation
 from alexnet.shared_storage import check_storage
 from alexnet.tracking import (TrackingUnavailable, client_for, explain, is_local_store, is_tracking_error, log_dataset,
                               log_params, redact, set_tags, short, tracked_run)
-from alexnet.trainer import check_inputs, fit, load_classifier, resume_point
+from alexnet.fit import check_inputs, fit, load_classifier, resume_point
 from pipelines.dataset import DatasetInfo
 from pipelines.errors import UserError
 

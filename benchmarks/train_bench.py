@@ -31,9 +31,9 @@ def plain_loop(cfg, info, epochs: int) -> float:
     import torch
 
     from alexnet import build_model
-    from alexnet.engine import train_one_epoch
-    from alexnet.schedules import scaled_lr
-    from alexnet.worker import make_optimizer
+    from alexnet.epochs import train_one_epoch
+    from alexnet.lr_schedule import scaled_lr
+    from alexnet.train_loop import make_optimizer
     from pipelines.augment import TrainPreset, apply_preset
 
     table = pq.read_table(info.shard_paths("train"), columns=["id", "image", "label", "height", "width"]).to_pydict()
@@ -63,7 +63,7 @@ def pipeline(cfg, info, workers: int, work: Path) -> dict:
     from mlflow.tracking import MlflowClient
 
     from alexnet.config import load_config
-    from alexnet.trainer import fit
+    from alexnet.fit import fit
 
     cfg = load_config("demo", [f"data.path={info.path}", f"optim.epochs={cfg.optim.epochs}",
                                f"run.num_workers={workers}", "run.keep_checkpoints=1"])
@@ -92,7 +92,7 @@ def main() -> None:
     import ray
 
     from alexnet.config import load_config
-    from alexnet.trainer import check_inputs
+    from alexnet.fit import check_inputs
     from pipelines.ingest import IngestOptions, ingest
     from pipelines.synthetic import write_demo_images
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from alexnet.redaction import redact_text
-from pipelines.errors import UserError
+from pipelines.errors import UserError, first_line
 
 REQUEST_TIMEOUT_S = 60.0  # seconds to connect, and again for each wait on the server's answer
 POLL_S = 5.0  # seconds between status checks while following a job
@@ -92,12 +92,6 @@ def _refusal(url: str, status: int) -> Refused:
                    f"cluster's); {TOKEN_HELP}")
 
 
-def _first_line(err: BaseException) -> str:
-    """An error's first line, credentials masked (an --address may carry user:password@)."""
-    text = redact_text(str(err)).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
-
-
 @functools.cache
 def _client_class():
     """JobSubmissionClient with a timeout on every request (Ray sets none, so a hung head would
@@ -122,7 +116,7 @@ def _client_class():
                                   f"{self.timeout_s:g} s") from None
             except requests.RequestException as err:
                 raise Unreachable(f"--address {redact_text(self._address)}: cannot reach a Ray job server "
-                                  f"({_first_line(err)})") from None
+                                  f"({redact_text(first_line(err))})") from None
 
     return Client
 
@@ -135,7 +129,7 @@ def connect(address: str | None, timeout_s: float = REQUEST_TIMEOUT_S):
     except ClusterError:
         raise
     except (ConnectionError, RuntimeError) as err:  # Ray's own wording of a refused connection or version
-        raise Unreachable(f"--address {redact_text(url)}: cannot reach a Ray job server ({_first_line(err)})") from None
+        raise Unreachable(f"--address {redact_text(url)}: cannot reach a Ray job server ({redact_text(first_line(err))})") from None
 
 
 def _unknown(err: RuntimeError) -> bool:
@@ -196,10 +190,10 @@ async def _follow(client, submission_id: str, out, poll_s: float, lost_contact_s
                 except (ClusterError, RuntimeError) as err:  # no answer, or the server erred: ask again
                     if time.monotonic() - last_answer > lost_contact_s:
                         raise Unreachable(f"job {submission_id}: no answer from the job server for "
-                                          f"{lost_contact_s:g} s ({_first_line(err)}); the job may still be "
+                                          f"{lost_contact_s:g} s ({first_line(err)}); the job may still be "
                                           f"running: alexnet jobs status {submission_id}") from None
                     if not lost:
-                        lost = _first_line(err)
+                        lost = first_line(err)
                         print(f"[alexnet] lost contact with the job server ({lost}); still following "
                               f"{submission_id}", file=sys.stderr, flush=True)
                     continue
@@ -239,7 +233,7 @@ def _write_rest(client, submission_id: str, out, written: list[int]) -> None:
     try:
         rest = client.get_job_logs(submission_id)[written[0]:]
     except (ClusterError, RuntimeError) as err:
-        print(f"[alexnet] the end of the log could not be read ({_first_line(err)}): alexnet jobs logs "
+        print(f"[alexnet] the end of the log could not be read ({first_line(err)}): alexnet jobs logs "
               f"{submission_id}", file=sys.stderr)
         return
     if rest:

@@ -1,6 +1,6 @@
-"""Scheduled retraining: the schedule file, and the pure decision of what to submit when.
+"""Scheduled retraining: the schedule file, and the pure plan of what to submit when.
 
-`decide(schedule, state, now, statuses, data, metric) -> Decision` takes everything it needs as
+`plan_tick(schedule, state, now, statuses, data, metric) -> TickPlan` takes everything it needs as
 arguments (the clock, the jobs' statuses on the cluster, the dataset's facts) and returns the new
 state plus the jobs to submit; `jobs.schedule_state.tick` does the I/O around it.
 
@@ -101,7 +101,7 @@ class DataFacts:
 
 
 @dataclass(frozen=True)
-class Decision:
+class TickPlan:
     state: ScheduleState
     submits: list[JobRecord]  # records (also in state.jobs) whose job must be submitted now
     notes: list[str]
@@ -227,7 +227,7 @@ def run_name(s: Schedule, slot: dt.datetime) -> str:
     return f"{s.name}-{slot.astimezone(dt.timezone.utc):%Y%m%d-%H%M}"
 
 
-# -- the decision --------------------------------------------------------------------------------
+# -- the plan of a tick -----------------------------------------------------------------------
 
 def why_run(s: Schedule, st: ScheduleState, data: DataFacts | None, metric: float | None,
             data_error: str = "") -> tuple[str | None, str]:
@@ -272,8 +272,8 @@ def _new_record(s: Schedule, slot: dt.datetime, attempt: int, now: dt.datetime, 
                      data.version if data else None, data.num_images if data else None)
 
 
-def decide(s: Schedule, state: ScheduleState, now: dt.datetime, statuses: dict[str, str | None],
-           data: DataFacts | None = None, metric: float | None = None, data_error: str = "") -> Decision:
+def plan_tick(s: Schedule, state: ScheduleState, now: dt.datetime, statuses: dict[str, str | None],
+           data: DataFacts | None = None, metric: float | None = None, data_error: str = "") -> TickPlan:
     """What to submit at `now`. `statuses` maps each active record's id to its status on the
     cluster (None: unknown to the cluster). Returns a new state; the input is not modified."""
     st = copy.deepcopy(state)
@@ -348,7 +348,7 @@ def decide(s: Schedule, state: ScheduleState, now: dt.datetime, statuses: dict[s
     done = [r for r in st.jobs if r.status not in ACTIVE and not r.retry_at]
     drop = {id(r) for r in done[:-HISTORY]}
     st.jobs = [r for r in st.jobs if id(r) not in drop]
-    return Decision(st, submits, notes)
+    return TickPlan(st, submits, notes)
 
 
 def job_args(s: Schedule, rec: JobRecord) -> tuple[list[str], dict]:

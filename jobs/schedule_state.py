@@ -1,4 +1,4 @@
-"""The scheduler's durable state and one tick of I/O around `jobs.schedule.decide`.
+"""The scheduler's durable state and one tick of I/O around `jobs.schedule.plan_tick`.
 
 State is one JSON file (default: next to the schedule file, `<name>.state.json`), replaced
 atomically (temp file + fsync + os.replace) and guarded by an flock, so a `schedule run` loop
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from alexnet.redaction import redact_text
 from jobs import schedule as sch
-from pipelines.errors import UserError
+from pipelines.errors import UserError, first_line
 
 STATE_VERSION = 1
 LOCK_WAIT_S = 10.0  # a tick waits this long for another tick to finish, then does nothing
@@ -109,8 +109,7 @@ def read_metric(s: sch.Schedule, st: sch.ScheduleState) -> tuple[float | None, s
 
 
 def _line(err: BaseException) -> str:
-    text = str(err).strip()
-    return redact_text(text.splitlines()[0][:300] if text else type(err).__name__)
+    return redact_text(first_line(err))
 
 
 def tick(schedules: list[sch.Schedule], state_path: Path, now: dt.datetime, connect=None,
@@ -151,14 +150,14 @@ def tick_one(s: sch.Schedule, states: dict, state_path: Path, now: dt.datetime, 
     metric = None
     if s.trigger.kind == "metric-below":
         metric, error = read_metric(s, st)
-    decision = sch.decide(s, st, now, statuses, data, metric, error)
-    states[s.name] = decision.state
+    plan = sch.plan_tick(s, st, now, statuses, data, metric, error)
+    states[s.name] = plan.state
     save_state(state_path, states)  # the slot is taken before the job exists (see module doc)
-    lines = [f"{s.name}: {note}" for note in decision.notes]
-    for rec in decision.submits:
+    lines = [f"{s.name}: {note}" for note in plan.notes]
+    for rec in plan.submits:
         line = submit_record(s, rec, client, now, environ)
         if rec.status == "SUBMITTING":
-            decision.state.last_error, decision.state.last_error_at = line, sch.iso(now)
+            plan.state.last_error, plan.state.last_error_at = line, sch.iso(now)
         lines.append(f"{s.name}: {line}")
         save_state(state_path, states)
     return lines

@@ -2,7 +2,7 @@
 
 A preset turns a batch of stored images into uint8 NCHW arrays: the network's input before
 normalisation. Normalisation and the float conversion happen on the training device
-(alexnet.engine), so the host-to-device copy is uint8, a quarter of float32.
+(alexnet.epochs), so the host-to-device copy is uint8, a quarter of float32.
 
 Geometry (the paper's scheme, whatever size the images were stored at): the shorter side is
 scaled to `resize`, then training takes a random `crop` x `crop` window and validation the centre

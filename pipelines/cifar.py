@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.errors import UserError
+from pipelines.listing import Item, Listing
 
 # CIFAR-10: data_batch_1..5 + test_batch + batches.meta; CIFAR-100: train + test + meta.
 TRAIN_NAMES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("train",)
@@ -147,8 +148,6 @@ def looks_like_cifar(path: Path) -> bool:
 
 def list_cifar(source: str | Path):
     """A CIFAR directory (or one batch file, next to its meta file) -> Listing."""
-    from pipelines.sources import Item, Listing
-
     source = Path(source)
     if not source.exists():
         raise UserError(f"source {source} does not exist")

@@ -7,3 +7,10 @@ import it from here because `pipelines` is the bottom of the import graph.
 
 class UserError(Exception):
     """Bad input, a bad option or a bad path; the message names the file, column or option."""
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """An error as one line for a message: the first line of its text (at most `limit`
+    characters), or its type's name when it has no text."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__

@@ -41,7 +41,7 @@ def encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
     if fmt == "jpeg":
         img.save(buf, format="JPEG", quality=quality, optimize=False)
     elif fmt == "png":
-        img.save(buf, format="PNG", compress_level=1)  # level 1: ~as small as 6, several times faster
+        img.save(buf, format="PNG", compress_level=1)  # level 1: nearly as small as the default 6, at a fraction of its CPU
     else:
         raise ValueError(f"unknown image format {fmt!r}; expected jpeg or png")
     return buf.getvalue()

@@ -23,7 +23,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 from pathlib import Path
 
@@ -38,7 +38,8 @@ from pipelines.decode import ImageDecodeError, is_jpeg, open_source
 from pipelines.destination import DUPLICATES_FILE, REJECTS_FILE
 from pipelines.errors import UserError
 from pipelines.lock import STALE_S
-from pipelines.sources import Listing, list_source, read_source
+from pipelines.listing import Listing
+from pipelines.sources import list_source, read_source
 
 ROW_GROUP_MB = 32  # Parquet row group size: what a streaming reader holds in memory per file
 FORMATS = IMAGE_FORMATS
@@ -94,7 +95,6 @@ class IngestSummary:
     new_shards: int
     counts: dict[str, dict[str, int]]  # split -> class -> images, whole dataset
     seconds: float
-    duplicate_paths: list[tuple[str, str]] = field(default_factory=list)  # (path, same content as)
 
     @property
     def rejects_by_kind(self) -> dict[str, int]:
@@ -215,11 +215,6 @@ def _check_same_encoding(previous: DatasetInfo, opts: IngestOptions, dest) -> No
                             "appending would mix two encodings (use the same option, or a new destination)")
 
 
-def _strict_error(rejects: list[tuple[str, str]]) -> UserError:
-    path, reason = rejects[0]
-    return UserError(f"--strict: {len(rejects)} file(s) rejected, first: {path}: {reason}")
-
-
 def ingest(source: str | os.PathLike, dest: str | os.PathLike, opts: IngestOptions = IngestOptions(),
            listing: Listing | None = None, *, source_type: str | None = None,
            progress: Callable[[str], None] | None = None, stale_lock_s: float = STALE_S) -> IngestSummary:
@@ -237,30 +232,52 @@ def ingest(source: str | os.PathLike, dest: str | os.PathLike, opts: IngestOptio
 
 def _ingest(source, claim: destination.Claim, opts: IngestOptions, listing: Listing, source_type: str | None,
             say: Callable[[str], None], start: float) -> IngestSummary:
+    """The passes in order: checks, hashing and de-duplication, encoding, statistics, commit.
+    Until the commit nothing a reader sees has changed; `claim` removes this run's shards if a
+    pass raises (see pipelines.destination)."""
     import ray
 
     dest, previous = claim.dest, claim.previous
-    if previous and previous.classes != listing.classes:
-        raise UserError(
-            f"source classes {listing.classes} differ from the dataset's {previous.classes} in {dest.join(INFO_FILE)}"
-        )
-    if previous:
-        _check_same_encoding(previous, opts, dest)
+    _check_append(previous, listing, opts, dest)
     rejects = list(listing.rejects)
-    if opts.strict and rejects:
-        raise _strict_error(rejects)
+    _check_strict(opts, rejects)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     existing = _existing_rows(previous)
     todo, duplicates, already, total_bytes = _hash_pass(source, listing, {r[0] for r in existing}, opts, cpus,
                                                         rejects, say)
-    if opts.strict and rejects:
-        raise _strict_error(rejects)
+    _check_strict(opts, rejects)
     new_rows, new_shards, moments = _encode_pass(todo, total_bytes, claim, opts, cpus, rejects, say,
                                                  f"({already} already present, {len(duplicates)} duplicates)")
+    _check_strict(opts, rejects)
+    info = _dataset_info(source, source_type, listing, opts, previous, existing + new_rows, new_rows, new_shards,
+                         _add_moments(_previous_moments(previous), moments), rejects)
+    _commit(claim, info, new_shards, rejects, duplicates)
+    return IngestSummary(dest.uri, info.version, previous.version if previous else None, len(new_rows),
+                         len(duplicates), already, rejects, sum(len(v) for v in new_shards.values()), info.counts,
+                         time.time() - start)
+
+
+def _check_append(previous: DatasetInfo | None, listing: Listing, opts: IngestOptions, dest) -> None:
+    """An append keeps the dataset's classes and encoding."""
+    if previous is None:
+        return
+    if previous.classes != listing.classes:
+        raise UserError(
+            f"source classes {listing.classes} differ from the dataset's {previous.classes} in {dest.join(INFO_FILE)}"
+        )
+    _check_same_encoding(previous, opts, dest)
+
+
+def _check_strict(opts: IngestOptions, rejects: list[tuple[str, str]]) -> None:
     if opts.strict and rejects:
-        raise _strict_error(rejects)
-    moments = _add_moments(_previous_moments(previous), moments)
-    all_rows = existing + new_rows
+        path, reason = rejects[0]
+        raise UserError(f"--strict: {len(rejects)} file(s) rejected, first: {path}: {reason}")
+
+
+def _dataset_info(source, source_type: str | None, listing: Listing, opts: IngestOptions,
+                  previous: DatasetInfo | None, all_rows: list[tuple[str, int, str]], new_rows: list,
+                  new_shards: dict[str, list[str]], moments: dict, rejects: list) -> DatasetInfo:
+    """The statistics pass: counts, pixel statistics and version of the dataset after this run."""
     if not all_rows:
         raise UserError(f"source {source}: every image was rejected ({_reasons(rejects)})")
     if moments["count"] == 0:
@@ -270,7 +287,7 @@ def _ingest(source, claim: destination.Claim, opts: IngestOptions, listing: List
         counts[split][listing.classes[label]] += 1
     shards = {s: (previous.shards.get(s, []) if previous else []) + new_shards[s] for s in SPLITS}
     src = str(source) if storage.is_uri(source) else str(Path(source).resolve())
-    info = DatasetInfo(
+    return DatasetInfo(
         classes=listing.classes,
         counts=counts,
         shards=shards,
@@ -283,13 +300,15 @@ def _ingest(source, claim: destination.Claim, opts: IngestOptions, listing: List
         params={**asdict(opts), "source": src, "source_type": source_type or _detected(source, listing)},
         pixel_moments=moments,
     )
-    claim.commit(lambda: write_info(dest, info), new_shards)  # from here on readers see the new shards
-    # Reports of this run, after the commit: a kill in between leaves the previous ones.
-    _write_csv(dest.join(REJECTS_FILE), ["path", "reason"], sorted(rejects))
-    _write_csv(dest.join(DUPLICATES_FILE), ["path", "same_content_as"], sorted(duplicates))
-    return IngestSummary(dest.uri, info.version, previous.version if previous else None, len(new_rows),
-                         len(duplicates), already, rejects, sum(len(v) for v in new_shards.values()), counts,
-                         time.time() - start, duplicate_paths=duplicates)
+
+
+def _commit(claim: destination.Claim, info: DatasetInfo, new_shards: dict[str, list[str]],
+            rejects: list[tuple[str, str]], duplicates: list[tuple[str, str]]) -> None:
+    """dataset.json names the new shards: from here on readers see them. This run's reports are
+    written after it, so a kill in between leaves the previous ones."""
+    claim.commit(lambda: write_info(claim.dest, info), new_shards)
+    _write_csv(claim.dest.join(REJECTS_FILE), ["path", "reason"], sorted(rejects))
+    _write_csv(claim.dest.join(DUPLICATES_FILE), ["path", "same_content_as"], sorted(duplicates))
 
 
 def _hash_pass(source, listing: Listing, existing_ids: set[str], opts: IngestOptions, cpus: int,

@@ -37,7 +37,7 @@ Data spreads the tasks over the nodes. Memory a node holds for the training stre
   budget (a share of the node's object store, itself 30% of its RAM by default): a consumer that
   pauses (validation, a checkpoint) backpressures the tasks instead of growing the buffers;
 - per train worker: its local shuffle buffer (`data.shuffle_buffer` images, 1024 x 150 KB = 154 MB
-  at 224 px) and the prefetched batches (alexnet.worker.PREFETCH_BATCHES x the batch).
+  at 224 px) and the prefetched batches (alexnet.train_loop.PREFETCH_BATCHES x the batch).
 
 Seeded augmentation is a pure function of (seed, epoch, image id): each task knows the epoch of
 its unit from the unit's position in the stream, offset by the epoch the stream starts at. That
@@ -114,11 +114,10 @@ class StartEpoch:
 @contextmanager
 def _per_file_reads():
     """Ray Data 2.60's default Parquet reader (DataSourceV2) packs small files into one read task
-    whose single output block then feeds a single map task: a 2000-image epoch was decoded by one
-    core while the others idled (measured: 1 read task, 1 map task; 540 img/s on 2 CPUs and 400
-    on 16). The per-file reader splits the work across the cluster (900 img/s on 2 CPUs; see
-    benchmarks/RESULTS.md). The flag is read only while read_parquet builds the plan, so it is
-    restored right after; the Dataset keeps its own copy of the context."""
+    whose single output block then feeds a single map task, so one core decodes while the others
+    idle; the per-file reader gives every file its own task (figures in benchmarks/RESULTS.md).
+    The flag is read only while read_parquet builds the plan, so it is restored right after; the
+    Dataset keeps its own copy of the context."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -234,35 +233,18 @@ def _run_units(batch: dict, *, units: list[dict], columns: list[str], fn, fn_kwa
 
 
 def _unit_dataset(paths: list[str], columns: list[str], fn, fn_kwargs: dict, *, batch_rows: int,
-                  order_seed: int | None, start, first_epoch: int, epochs: int, per_epoch: int | None,
-                  num_cpus: float, concurrency: int | None):
+                  order_seed: int | None, start, first_epoch: int, epochs: int, per_epoch: int | None):
     import ray.data
-
-    import os
 
     units = _units(paths, _cluster_cpus(), batch_rows)
     total = len(units) * epochs
     kwargs = {"units": units, "columns": columns, "fn": fn, "fn_kwargs": fn_kwargs, "batch_rows": batch_rows,
               "order_seed": order_seed, "start": start, "first_epoch": first_epoch, "per_epoch": per_epoch}
-    if os.environ.get("ALEXNET_ACTORS"):  # EXPERIMENT
-        items = ray.data.from_items([{"item": i} for i in range(total)], override_num_blocks=max(1, min(total, MAX_BLOCKS)))
-        size = concurrency or max(1, int(_cluster_cpus()))
-        return items.map_batches(_UnitReader, fn_constructor_kwargs=kwargs, batch_size=None, batch_format="numpy",
-                                 num_cpus=num_cpus, concurrency=(1, size))
     # One block per item (one task per unit), up to a bound on how many blocks a plan holds; past
     # it a task handles a few consecutive units.
     items = ray.data.range(total, override_num_blocks=max(1, min(total, MAX_BLOCKS)))
     items = items.rename_columns({"id": "item"})
-    return items.map_batches(_run_units, batch_size=None, batch_format="numpy", fn_kwargs=kwargs,
-                             num_cpus=num_cpus, concurrency=concurrency)
-
-
-class _UnitReader:
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-
-    def __call__(self, batch):
-        yield from _run_units(batch, **self.kwargs)
+    return items.map_batches(_run_units, batch_size=None, batch_format="numpy", fn_kwargs=kwargs)
 
 
 def _check_geometry(crop: int, resize: int) -> None:
@@ -275,7 +257,7 @@ def _check_geometry(crop: int, resize: int) -> None:
 def train_dataset(info: DatasetInfo, *, crop: int, resize: int, pca_std: float, flip: bool, seed: int | None,
                   random_resized_crop: bool = False, epochs: int = 1, per_epoch: int | None = None,
                   start: StartEpoch | None = None, epoch: int = 0, batch_rows: int = 128, keep_key: bool = False,
-                  num_cpus: float = 1.0, concurrency: int | None = None, decode_on_device: bool = False):
+                  decode_on_device: bool = False):
     """The training stream: `epochs` epochs one after the other, columns `image` (uint8
     N,3,crop,crop) and `label` (int64), plus `key` (int64, first 60 bits of the image id) when
     `keep_key`. With `decode_on_device`, the images stay encoded and each row carries its
@@ -289,8 +271,7 @@ def train_dataset(info: DatasetInfo, *, crop: int, resize: int, pca_std: float, 
     epochs: epochs in the stream; per_epoch: images of each epoch in the stream (None: all; the
     train loop passes W * K * B, see the module docstring); start: where the tasks read the first
     epoch (None: `epoch`); batch_rows: images per `map_batches` call (peak task memory ~
-    batch_rows x crop^2 x 3 bytes, plus one row group); num_cpus: CPUs each map task reserves;
-    concurrency: cap on simultaneous map tasks (None: as many as free CPUs allow).
+    batch_rows x crop^2 x 3 bytes, plus one row group).
 
     Unseeded, the units' order is drawn once per call.
     """
@@ -302,8 +283,7 @@ def train_dataset(info: DatasetInfo, *, crop: int, resize: int, pca_std: float, 
     order_seed = seed if seed is not None else secrets.randbits(63)
     return _unit_dataset(info.shard_paths("train"), COLUMNS, plan_batch if decode_on_device else apply_preset,
                          {"preset": preset, "seed": seed, "keep_key": keep_key}, batch_rows=batch_rows,
-                         order_seed=order_seed, start=start, first_epoch=epoch, epochs=epochs, per_epoch=per_epoch,
-                         num_cpus=num_cpus, concurrency=concurrency)
+                         order_seed=order_seed, start=start, first_epoch=epoch, epochs=epochs, per_epoch=per_epoch)
 
 
 def stored_side(info: DatasetInfo) -> int:
@@ -334,7 +314,7 @@ def train_preset(info: DatasetInfo, *, crop: int, resize: int, pca_std: float, f
 
 
 def val_dataset(info: DatasetInfo, *, crop: int, resize: int, ten_crop: bool = False, batch_rows: int = 128,
-                keep_key: bool = False, num_cpus: float = 1.0, concurrency: int | None = None):
+                keep_key: bool = False):
     """The evaluation pipeline (deterministic): shorter side resized to `resize` px, centre crop
     of `crop` px -> `image` uint8 (N,3,crop,crop), `label` int64. `ten_crop=True`: `image` is uint8
     (N,10,3,crop,crop), the 4 corners + centre and the same of the mirrored image (the paper's
@@ -344,5 +324,4 @@ def val_dataset(info: DatasetInfo, *, crop: int, resize: int, ten_crop: bool = F
     preset = ValPreset(crop=crop, resize=resize, ten_crop=ten_crop)
     return _unit_dataset(info.shard_paths("val"), COLUMNS, apply_preset,
                          {"preset": preset, "seed": None, "keep_key": keep_key}, batch_rows=batch_rows,
-                         order_seed=None, start=None, first_epoch=0, epochs=1, per_epoch=None,
-                         num_cpus=num_cpus, concurrency=concurrency)
+                         order_seed=None, start=None, first_epoch=0, epochs=1, per_epoch=None)

@@ -18,30 +18,15 @@ import csv
 import io
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines import cifar, storage
 from pipelines.errors import UserError
 from pipelines.images import IMAGE_EXTENSIONS
+from pipelines.listing import Item, Listing
 
 SOURCE_TYPES = ("folder", "manifest", "cifar")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
-
-
-@dataclass(frozen=True)
-class Item:
-    path: str  # a file path, or `BATCHFILE#INDEX` for a CIFAR image
-    label_name: str
-    split: str | None  # None: ingest assigns it from the image's id
-
-
-@dataclass(frozen=True)
-class Listing:
-    classes: list[str]  # the label of a class is its index here (sorted, or the source's own order)
-    items: list[Item]
-    rejects: list[tuple[str, str]]  # (path, reason) found while listing
-    has_splits: bool
 
 
 def read_source(path: str) -> bytes:

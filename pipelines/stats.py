@@ -14,8 +14,8 @@ import numpy as np
 def moments(pixels: np.ndarray, stride: int = 2) -> tuple[np.ndarray, np.ndarray, int]:
     """HxWx3 uint8 -> (sum of RGB (3,), sum of RGB outer products (3,3), pixel count), 0-1 scale,
     over every `stride`-th pixel in each direction."""
-    # Channel-major (3, N) copy: numpy's sum over axis 0 of an (N, 3) array was half the cost
-    # (0.46 -> 0.20 ms for a 256 px image).
+    # Channel-major (3, N) copy: numpy sums contiguous rows much faster than the columns of an
+    # (N, 3) array (figures in benchmarks/RESULTS.md).
     channels = np.ascontiguousarray(pixels[::stride, ::stride].reshape(-1, 3).T, dtype=np.float64) / 255.0
     return channels.sum(axis=1), channels @ channels.T, channels.shape[1]
 

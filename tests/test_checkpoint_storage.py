@@ -14,7 +14,7 @@ import torch
 from alexnet import checkpoint
 from alexnet.config import load_config
 from alexnet.shared_storage import Mount, mount_of, node_mount, parse_mountinfo, refusal
-from alexnet.trainer import resume_point
+from alexnet.fit import resume_point
 from pipelines.errors import UserError
 
 
@@ -114,15 +114,6 @@ def test_a_local_path_is_refused_on_several_nodes_unless_every_node_mounts_the_s
         "--storage /mnt/shared/runs is not the same filesystem on every node (node a: nfs4 fs-1234")
 
 
-def test_meta_json_from_before_the_shape_entry_is_read_from_the_state_on_s3(s3_bucket, tmp_path):
-    _save(tmp_path / "c", 2, arch="bn")
-    meta = json.loads((tmp_path / "c" / checkpoint.META_FILE).read_text())
-    del meta["shape"]
-    (tmp_path / "c" / checkpoint.META_FILE).write_text(json.dumps(meta))
-    _upload(tmp_path / "c", f"{s3_bucket}/runs/r/checkpoint_000002")
-    assert checkpoint.read_meta(f"{s3_bucket}/runs/r/checkpoint_000002")["shape"]["model.arch"] == "bn"
-
-
 @pytest.mark.slow
 def test_fit_resumes_from_an_s3_checkpoint_saves_to_s3_and_the_servable_model_is_read_back(shapes_dataset, s3_bucket,
                                                                                           tmp_path):
@@ -131,8 +122,8 @@ def test_fit_resumes_from_an_s3_checkpoint_saves_to_s3_and_the_servable_model_is
     from mlflow.tracking import MlflowClient
 
     from alexnet import build_model
-    from alexnet.trainer import check_inputs, fit, load_classifier
-    from alexnet.worker import make_optimizer
+    from alexnet.fit import check_inputs, fit, load_classifier
+    from alexnet.train_loop import make_optimizer
 
     cfg = load_config("smoke", [f"data.path={shapes_dataset}", "optim.batch_size=16", "optim.epochs=2"])
     info = check_inputs(cfg)

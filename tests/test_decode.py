@@ -125,7 +125,7 @@ def test_the_default_limit_refuses_a_real_bomb_without_allocating_it():
         source_array(png_header_only(40000, 40000))
 
 
-def test_gpu_decode_falls_back_to_cpu_with_one_warning(caplog, monkeypatch):
+def test_decode_on_device_falls_back_to_cpu_with_one_warning(caplog, monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this machine may have a GPU one day
     monkeypatch.setattr(decode, "_warned_cpu_decode", False)

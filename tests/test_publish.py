@@ -182,7 +182,7 @@ def test_train_with_the_server_gone_right_after_fit_keeps_the_model_for_register
     the run page shows its input and its code."""
     import alexnet.run as run_module
     from alexnet import checkpoint
-    from alexnet.trainer import load_classifier
+    from alexnet.fit import load_classifier
     from pipelines.dataset import open_dataset
     from tests.mlflow_helpers import train_args, train_cli
 

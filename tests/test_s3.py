@@ -163,7 +163,7 @@ def _model(info, crop=64, resize=72):
 def test_ray_data_train_check_evaluate_and_predict_read_an_s3_dataset(ray_local, s3_bucket, tmp_path):
     from alexnet.config import load_config
     from alexnet.predict import evaluate, predict_dataset, read_images
-    from alexnet.trainer import check_inputs
+    from alexnet.fit import check_inputs
     from pipelines.loader import read_shards, train_dataset, val_dataset
 
     dest = f"{s3_bucket}/ds"

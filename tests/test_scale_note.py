@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alexnet.config import load_config
-from alexnet.trainer import scale_note
+from alexnet.fit import scale_note
 from pipelines.dataset import DatasetInfo
 from pipelines.loader import stored_side
 

@@ -1,4 +1,4 @@
-"""The scheduler: pure decisions under a fake clock, the durable state across restarts, the
+"""The scheduler: pure tick plans under a fake clock, the durable state across restarts, the
 schedule file's validation, and real `schedule tick` processes against a real Ray head."""
 
 from __future__ import annotations
@@ -31,38 +31,38 @@ def nightly(**kw) -> sch.Schedule:
 
 def test_one_submission_per_slot_across_a_restart(tmp_path):
     s, path = nightly(), tmp_path / "state.json"
-    d = sch.decide(s, sch.ScheduleState(), T0, {})
+    d = sch.plan_tick(s, sch.ScheduleState(), T0, {})
     assert [r.submission_id for r in d.submits] == ["alexnet-sched-nightly-20260105T0200Z-a1"]
     save_state(path, {"nightly": d.state})
     # a fresh scheduler process re-reads the state: same slot, nothing new; next day's slot: one more
-    again = sch.decide(s, load_state(path)["nightly"], T0 + dt.timedelta(minutes=5), {d.submits[0].submission_id: "SUCCEEDED"})
+    again = sch.plan_tick(s, load_state(path)["nightly"], T0 + dt.timedelta(minutes=5), {d.submits[0].submission_id: "SUCCEEDED"})
     assert again.submits == []
-    nxt = sch.decide(s, again.state, T0 + dt.timedelta(days=1), {})
+    nxt = sch.plan_tick(s, again.state, T0 + dt.timedelta(days=1), {})
     assert [r.slot for r in nxt.submits] == [sch.iso(T0 + dt.timedelta(days=1))]
 
 
 @pytest.mark.fault("a scheduler that died before its submit was confirmed", inputs=1,
                    outcome="resubmitted under the same id: no double")
 def test_an_unconfirmed_submit_is_resubmitted_with_the_same_id():
-    d = sch.decide(nightly(), sch.ScheduleState(), T0, {})
+    d = sch.plan_tick(nightly(), sch.ScheduleState(), T0, {})
     rec = d.submits[0]  # state saved as SUBMITTING, then the scheduler died before submitting
-    again = sch.decide(nightly(), d.state, T0 + dt.timedelta(minutes=1), {rec.submission_id: None})
+    again = sch.plan_tick(nightly(), d.state, T0 + dt.timedelta(minutes=1), {rec.submission_id: None})
     assert [r.submission_id for r in again.submits] == [rec.submission_id]
 
 
 @pytest.mark.fault("an unconfirmed submit whose cluster was unreachable until the next slot", inputs=1,
                    outcome="the old slot SUPERSEDED, the newest submitted once")
 def test_an_unconfirmed_submit_from_an_older_slot_gives_way_to_the_newest_slot():
-    d = sch.decide(nightly(), sch.ScheduleState(), T0, {})
+    d = sch.plan_tick(nightly(), sch.ScheduleState(), T0, {})
     rec = d.submits[0]  # never confirmed: the cluster was unreachable until the next day
-    later = sch.decide(nightly(), d.state, T0 + dt.timedelta(days=1, minutes=1), {rec.submission_id: None})
+    later = sch.plan_tick(nightly(), d.state, T0 + dt.timedelta(days=1, minutes=1), {rec.submission_id: None})
     assert [r.slot for r in later.submits] == [sch.iso(T0 + dt.timedelta(days=1))]
     assert later.state.jobs[0].status == "SUPERSEDED" and rec.submission_id not in [r.submission_id for r in later.submits]
 
 
 def test_missed_slots_run_once_catch_up():
     st = sch.ScheduleState(last_slot=sch.iso(T0))
-    d = sch.decide(nightly(), st, T0 + dt.timedelta(days=3, hours=5), {})
+    d = sch.plan_tick(nightly(), st, T0 + dt.timedelta(days=3, hours=5), {})
     assert len(d.submits) == 1 and d.submits[0].slot == sch.iso(T0 + dt.timedelta(days=3))
 
 
@@ -74,14 +74,14 @@ def test_time_zone_is_respected():
 def test_new_dataset_version_triggers_and_unchanged_does_not():
     s = nightly(trigger=sch.Trigger(kind="new-version"))
     v1 = sch.DataFacts("v1", 100)
-    d = sch.decide(s, sch.ScheduleState(), T0, {}, v1)
+    d = sch.plan_tick(s, sch.ScheduleState(), T0, {}, v1)
     rec = d.submits[0]
     assert rec.trigger == "new-data" and "v1" in rec.reason
-    ok = sch.decide(s, d.state, T0 + dt.timedelta(hours=1), {rec.submission_id: "SUCCEEDED"}, v1)
+    ok = sch.plan_tick(s, d.state, T0 + dt.timedelta(hours=1), {rec.submission_id: "SUCCEEDED"}, v1)
     assert ok.state.last_success_version == "v1"
-    same = sch.decide(s, ok.state, T0 + dt.timedelta(days=1), {}, v1)
+    same = sch.plan_tick(s, ok.state, T0 + dt.timedelta(days=1), {}, v1)
     assert same.submits == [] and "unchanged" in same.state.last_outcome
-    new = sch.decide(s, same.state, T0 + dt.timedelta(days=2), {}, sch.DataFacts("v2", 130))
+    new = sch.plan_tick(s, same.state, T0 + dt.timedelta(days=2), {}, sch.DataFacts("v2", 130))
     assert len(new.submits) == 1 and "v1 -> v2" in new.submits[0].reason
     args, extra = sch.job_args(s, new.submits[0])
     assert args[:2] == ["--data", "/d"] and extra["trigger"] == "new-data" and extra["tags"]["schedule"] == "nightly"
@@ -90,20 +90,20 @@ def test_new_dataset_version_triggers_and_unchanged_does_not():
 def test_new_images_needs_enough_new_images():
     s = nightly(trigger=sch.Trigger(kind="new-images", min_new_images=50))
     st = sch.ScheduleState(last_slot=sch.iso(T0), last_success_images=100)
-    few = sch.decide(s, st, T0 + dt.timedelta(days=1), {}, sch.DataFacts("v2", 149))
+    few = sch.plan_tick(s, st, T0 + dt.timedelta(days=1), {}, sch.DataFacts("v2", 149))
     assert few.submits == []
-    many = sch.decide(s, few.state, T0 + dt.timedelta(days=2), {}, sch.DataFacts("v3", 150))
+    many = sch.plan_tick(s, few.state, T0 + dt.timedelta(days=2), {}, sch.DataFacts("v3", 150))
     assert len(many.submits) == 1
 
 
 def test_overlap_is_refused_by_default_and_allowed_when_asked():
-    d = sch.decide(nightly(), sch.ScheduleState(), T0, {})
+    d = sch.plan_tick(nightly(), sch.ScheduleState(), T0, {})
     sid = d.submits[0].submission_id
     d.state.jobs[0].status = "PENDING"
     later = T0 + dt.timedelta(days=1)
-    refused = sch.decide(nightly(), d.state, later, {sid: "RUNNING"})
+    refused = sch.plan_tick(nightly(), d.state, later, {sid: "RUNNING"})
     assert refused.submits == [] and "still RUNNING" in refused.state.last_outcome
-    allowed = sch.decide(nightly(allow_overlap=True), d.state, later, {sid: "RUNNING"})
+    allowed = sch.plan_tick(nightly(allow_overlap=True), d.state, later, {sid: "RUNNING"})
     assert len(allowed.submits) == 1
 
 
@@ -111,22 +111,22 @@ def test_overlap_is_refused_by_default_and_allowed_when_asked():
                    outcome="retried at 60 s then 120 s, not before; then given up, recorded")
 def test_failed_jobs_retry_with_exponential_backoff_then_give_up():
     s = nightly(max_retries=2, retry_backoff_s=60)
-    d = sch.decide(s, sch.ScheduleState(), T0, {})
+    d = sch.plan_tick(s, sch.ScheduleState(), T0, {})
     st, sid, now = d.state, d.submits[0].submission_id, T0
     delays = []
     for attempt in (1, 2):
         st.jobs[-1].status = "PENDING"
         failed_at = now + dt.timedelta(minutes=1)
-        d = sch.decide(s, st, failed_at, {sid: "FAILED"})
+        d = sch.plan_tick(s, st, failed_at, {sid: "FAILED"})
         retry_at = sch.parse_iso(d.state.jobs[-1].retry_at)
         delays.append((retry_at - failed_at).total_seconds())
-        assert sch.decide(s, d.state, retry_at - dt.timedelta(seconds=1), {}).submits == []
-        d = sch.decide(s, d.state, retry_at, {})
+        assert sch.plan_tick(s, d.state, retry_at - dt.timedelta(seconds=1), {}).submits == []
+        d = sch.plan_tick(s, d.state, retry_at, {})
         assert [r.attempt for r in d.submits] == [attempt + 1]
         st, sid, now = d.state, d.submits[0].submission_id, retry_at
     assert delays == [60, 120]
     st.jobs[-1].status = "PENDING"
-    final = sch.decide(s, st, now + dt.timedelta(minutes=1), {sid: "FAILED"})
+    final = sch.plan_tick(s, st, now + dt.timedelta(minutes=1), {sid: "FAILED"})
     assert final.submits == [] and "giving up" in final.state.last_outcome and final.state.jobs[-1].retry_at is None
 
 
@@ -136,8 +136,8 @@ def test_metric_below_reads_a_fresh_metric_file(tmp_path):
     assert read_metric(s, sch.ScheduleState())[0] is None
     f.write_text(json.dumps({"metrics": {"val/top1": 0.5}}))
     value, _ = read_metric(s, sch.ScheduleState())
-    assert value == 0.5 and len(sch.decide(s, sch.ScheduleState(), T0, {}, metric=value).submits) == 1
-    assert sch.decide(s, sch.ScheduleState(), T0, {}, metric=0.7).submits == []
+    assert value == 0.5 and len(sch.plan_tick(s, sch.ScheduleState(), T0, {}, metric=value).submits) == 1
+    assert sch.plan_tick(s, sch.ScheduleState(), T0, {}, metric=0.7).submits == []
     later = sch.ScheduleState(last_success_at=sch.iso(dt.datetime.now(UTC) + dt.timedelta(minutes=1)))
     assert read_metric(s, later)[0] is None  # file predates the last retrain: describes the old champion
 

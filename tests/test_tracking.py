@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from alexnet.tracking import MAX_PARAM_LENGTH, MetricLogger, flatten_params, is_local_store, redact, tracked_run
 from alexnet.run import check_tracking_store
 from pipelines.errors import UserError
-from tests.mlflow_helpers import MlflowServer, free_port, train_args, train_cli, trained_sqlite
+from tests.mlflow_helpers import MlflowServer, free_port, train_args, train_cli
 
 
 PASSWORD = "hunter2-tracking-pw"
@@ -190,22 +190,26 @@ def test_training_run_tracked_on_a_real_mlflow_server(ray_local, shapes_dataset,
 
 @pytest.mark.slow
 def test_sqlite_run_is_tracked_and_rerunning_its_name_continues_the_same_run(ray_local, shapes_dataset,
-                                                                            tmp_path_factory, capsys):
-    trained = trained_sqlite(tmp_path_factory, shapes_dataset)
-    c = client(trained["uri"])
-    if len(c.get_metric_history(trained["run_id"], "val/top1")) == 2:  # not yet resumed in this session
-        assert_tracked_run(trained["uri"], trained["run_id"], shapes_dataset, epochs=2, version="1")
-    # Same run name, one more epoch: Ray resumes the checkpoints, MLflow the run.
-    assert train_cli(train_args(shapes_dataset, trained["workdir"], "first-run", "--set", "optim.epochs=3")) == 0
-    assert f"MLflow run id: {trained['run_id']}" in capsys.readouterr().out
+                                                                            tmp_path, capsys):
+    """Its own run (the session's shared trained run stays as trained): 1 epoch, then the same run
+    name with one more."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert train_cli(train_args(shapes_dataset, tmp_path, "rerun", "--set", "optim.epochs=1")) == 0
+    c = client(uri)
     exp = c.get_experiment_by_name("alexnet")
-    assert len(c.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'first-run'")) == 1
-    run = c.get_run(trained["run_id"])
+    run_id = c.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'rerun'")[0].info.run_id
+    capsys.readouterr()
+    assert_tracked_run(uri, run_id, shapes_dataset, epochs=1, version="1")
+    # Same run name, one more epoch: Ray resumes the checkpoints, MLflow the run.
+    assert train_cli(train_args(shapes_dataset, tmp_path, "rerun", "--set", "optim.epochs=2")) == 0
+    assert f"MLflow run id: {run_id}" in capsys.readouterr().out
+    assert len(c.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'rerun'")) == 1
+    run = c.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["resumes"] == "1"
-    assert run.data.tags["resumed_from_epoch"] == "1"  # Ray resumed its epoch-1 checkpoint
-    assert run.data.params["optim.epochs"] == "2"  # MLflow params are immutable: the first value stays
+    assert run.data.tags["resumed_from_epoch"] == "0"  # Ray resumed its epoch-0 checkpoint
+    assert run.data.params["optim.epochs"] == "1"  # MLflow params are immutable: the first value stays
     for key in EPOCH_METRICS:
-        assert sorted(m.step for m in c.get_metric_history(trained["run_id"], key)) == [0, 1, 2], key
+        assert sorted(m.step for m in c.get_metric_history(run_id, key)) == [0, 1], key
 
 
 def test_source_tags_name_the_command_and_the_commit_a_submitted_job_was_given(monkeypatch):

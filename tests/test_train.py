@@ -16,7 +16,7 @@ import pytest
 
 from alexnet import checkpoint
 from alexnet.config import load_config
-from alexnet.trainer import TrainingError, check_inputs, fit
+from alexnet.fit import TrainingError, check_inputs, fit
 from pipelines.errors import UserError
 
 pytestmark = pytest.mark.slow
@@ -151,20 +151,25 @@ def test_a_killed_driver_rerun_with_the_same_run_name_continues_at_the_next_epoc
     assert len(shown.strip().splitlines()) < 40, shown
 
 
-def test_checkpoints_without_a_shape_entry_still_tell_their_shape(tmp_path):
-    """Checkpoints written before meta.json recorded the shape are read from state.pt."""
+def test_a_checkpoint_tells_its_shape_and_one_without_it_is_not_resumed(tmp_path):
+    """meta.json records what a resuming run must share; a folder whose meta.json lacks it is no
+    checkpoint this project wrote, and --resume-from names it as unreadable."""
     import json
 
     import torch
 
+    from alexnet.config import Config
+    from alexnet.fit import resume_point
+
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
-    cfg = {"model": {"arch": "bn"}, "optim": {"optimizer": "sgd"}}
+    cfg = Config().to_dict()
     checkpoint.save(tmp_path, model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), plateau={},
                     epoch=4, config=cfg, dataset_version="v1", metrics={}, num_classes=3)
     meta = json.loads((tmp_path / checkpoint.META_FILE).read_text())
-    assert meta["shape"] == {"model.arch": "bn", "model.hidden": 4096, "num_classes": 3, "optim.optimizer": "sgd"}
+    assert meta["shape"] == {"model.arch": cfg["model"]["arch"], "model.hidden": cfg["model"]["hidden"],
+                             "num_classes": 3, "optim.optimizer": cfg["optim"]["optimizer"]}
+    assert checkpoint.mismatches(checkpoint.read_meta(tmp_path), cfg, 5) == ["num_classes: checkpoint 3, this run 5"]
     del meta["shape"]
     (tmp_path / checkpoint.META_FILE).write_text(json.dumps(meta))
-    assert checkpoint.read_meta(tmp_path)["shape"] == checkpoint.shape_of(cfg, 3)
-    assert checkpoint.mismatches(checkpoint.read_meta(tmp_path), cfg, 5) == ["num_classes: checkpoint 3, this run 5"]
-
+    with pytest.raises(UserError, match=r"--resume-from .*: not a readable checkpoint .*no shape entry"):
+        resume_point(Config(), str(tmp_path / "runs"), "fresh", str(tmp_path), num_classes=3)

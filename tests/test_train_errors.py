@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from alexnet.config import load_config
-from alexnet.trainer import plan_placement
+from alexnet.fit import plan_placement
 from jobs.cli import main
 from pipelines.errors import UserError
 

@@ -18,7 +18,7 @@ Sections, in order (a section the remaining --budget-s cannot hold is recorded a
 4. compute_only (eager): the model alone, bf16 autocast, channels_last, SGD, batch 256.
 5. feeder_train: sections 3 and 4 in one process (no Ray Train): the data path the train worker
    gets once it pulls its batches through DeviceFeeder.
-6. fit runs (alexnet.trainer.fit: what `alexnet train` runs), the torchvision recipe at 224 px
+6. fit runs (alexnet.fit.fit: what `alexnet train` runs), the torchvision recipe at 224 px
    on one worker: data.decode=gpu (2 epochs), then cpu (1 epoch: input-bound at a few thousand
    images/s, its one epoch of >= 100,000 images is steady state); then compute_only and the
    data.decode=gpu run with run.compile=true; last the cpu-decode compile run (input-bound:
@@ -337,10 +337,10 @@ METRICS = ("throughput/images_per_s", "throughput/data_wait_fraction", "time/epo
 
 
 def pipeline(bench: Bench, name: str, cfg, work: Path, sizes: Sizes, device, peak_tflops: float) -> dict:
-    """One `alexnet.trainer.fit` run (TorchTrainer, 1 worker); its per-epoch metrics from MLflow."""
+    """One `alexnet.fit.fit` run (TorchTrainer, 1 worker); its per-epoch metrics from MLflow."""
     from mlflow.tracking import MlflowClient
 
-    from alexnet.trainer import check_inputs, fit
+    from alexnet.fit import check_inputs, fit
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -413,7 +413,7 @@ def main() -> None:
     bench.section("device_input", lambda: device_input(info, eager, device, sizes.batch), estimate_s=15)
     bench.section("compute_only_eager", lambda: compute_only(eager, classes, device, sizes, False, peak), estimate_s=10)
     bench.section("feeder_train", lambda: feeder_train(info, eager, classes, device, sizes, peak), estimate_s=15)
-    bench.section("fit_gpu_decode_eager", lambda: pipeline(bench, "gpu-decode-eager", eager, work, sizes, device, peak),
+    bench.section("fit_decode_on_device_eager", lambda: pipeline(bench, "decode-on-device-eager", eager, work, sizes, device, peak),
                   estimate_s=fit_estimate)
     # Input-bound at a few thousand images/s: one epoch of >= 100,000 images is its steady state.
     bench.section("fit_cpu_decode_eager", lambda: pipeline(bench, "cpu-decode-eager", recipe(
@@ -421,7 +421,7 @@ def main() -> None:
                   estimate_s=40 + train_images / 2_500)
     bench.section("compute_only_compile", lambda: compute_only(eager, classes, device, sizes, True, peak),
                   estimate_s=60)
-    bench.section("fit_gpu_decode_compile", lambda: pipeline(bench, "gpu-decode-compile", recipe(
+    bench.section("fit_decode_on_device_compile", lambda: pipeline(bench, "decode-on-device-compile", recipe(
         data["path"], sizes, decode="gpu", compile_=True), work, sizes, device, peak), estimate_s=fit_estimate + 60)
     bench.section("fit_cpu_decode_compile", lambda: pipeline(bench, "cpu-decode-compile", recipe(
         data["path"], sizes, decode="cpu", compile_=True), work, sizes, device, peak),

@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from alexnet.config import load_config, recipe_path, shipped_recipes
-    from alexnet.trainer import check_inputs, scale_note
+    from alexnet.fit import check_inputs, scale_note
     from jobs.output import ui_hint
     from jobs.runtime import prepare_workdir, ray_session
     from alexnet.run import new_run_name, run_training

@@ -29,7 +29,7 @@ def _cosine(epoch: int, epochs: int, step_size: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
 
 
-SCHEDULES = {"constant": _constant, "plateau": _constant, "step": _step, "cosine": _cosine}
+LR_SCHEDULES = {"constant": _constant, "plateau": _constant, "step": _step, "cosine": _cosine}
 
 
 def lr_at(epoch: int, *, base: float, schedule: str, epochs: int, warmup_epochs: int, plateau_scale: float = 1.0,
@@ -37,7 +37,7 @@ def lr_at(epoch: int, *, base: float, schedule: str, epochs: int, warmup_epochs:
     """Learning rate for 0-based `epoch`: warm-up from base/10, then the schedule."""
     if epoch < warmup_epochs:
         return base * (0.1 + 0.9 * epoch / warmup_epochs)
-    factor = SCHEDULES[schedule](epoch - warmup_epochs, epochs - warmup_epochs, step_size)
+    factor = LR_SCHEDULES[schedule](epoch - warmup_epochs, epochs - warmup_epochs, step_size)
     return base * factor * plateau_scale
 
 

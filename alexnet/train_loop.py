@@ -1,7 +1,7 @@
 """The loop each Ray Train worker runs: build, (resume), then train/evaluate/report per epoch.
 
 Ray only hands this loop its data shards and receives its reports; the epoch functions are
-plain PyTorch (engine.py). Rank 0 alone writes checkpoints' metrics to MLflow.
+plain PyTorch (epochs.py). Rank 0 alone writes checkpoints' metrics to MLflow.
 """
 
 from __future__ import annotations
@@ -9,22 +9,47 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 
 import torch
 
 from alexnet import build_model, checkpoint
-from alexnet.config import from_dict
+from alexnet.config import Config
 from alexnet.device_input import DeviceFeeder
-from alexnet.engine import evaluate, reduce_sums, train_one_epoch
-from alexnet.schedules import Plateau, lr_at, scaled_lr
+from alexnet.epochs import evaluate_epoch, reduce_sums, train_one_epoch
+from alexnet.lr_schedule import Plateau, lr_at, scaled_lr
 from alexnet.tracking import MetricLogger, start_system_metrics
+from alexnet.progress import Channel
+from pipelines.augment import TrainPreset
 from pipelines.device_augment import augment_on_device
+from pipelines.loader import StartEpoch
 
 # Batches fetched ahead of the train step (Ray Data default: 1). A step that finishes while the
 # next batch is still being formatted waits; a few in hand absorb the jitter of the map tasks.
 PREFETCH_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class LoopInputs:
+    """Everything a worker's loop needs, built once by the driver (alexnet.fit) and pickled to
+    every worker (inside TorchTrainer's train_loop_config, as its one key "inputs")."""
+
+    config: Config
+    dataset_version: str
+    num_classes: int
+    pixel_mean: tuple[float, float, float]  # per RGB channel, 0-1 scale
+    pixel_std: tuple[float, float, float]
+    tracking_uri: str
+    run_id: str
+    run_name: str
+    storage: str  # where a restarted worker group finds checkpoints Ray had not registered
+    start: StartEpoch  # rank 0 sets the epoch the stream's tasks augment for
+    steps_per_epoch: int  # K: every worker takes K batches of the stream per epoch
+    progress: Channel | None = None  # rank 0's steps and notes, to the driver's terminal
+    device_preset: TrainPreset | None = None  # data.decode=gpu: the preset this worker applies on its device
+    initial_checkpoint: str | None = None  # --resume-from PATH, when Ray hands no checkpoint and the run has none
 
 
 def make_optimizer(params, cfg, lr: float):
@@ -34,11 +59,12 @@ def make_optimizer(params, cfg, lr: float):
 
 
 def train_loop(loop_config: dict) -> None:
+    """Ray Train's entry point; `loop_config` is {"inputs": LoopInputs}."""
     import ray.train
     import ray.train.torch
 
-    cfg = from_dict(loop_config["config"])
-    dataset = loop_config["dataset"]  # version, mean, std, num_classes
+    inputs: LoopInputs = loop_config["inputs"]
+    cfg = inputs.config
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -51,7 +77,7 @@ def train_loop(loop_config: dict) -> None:
         # shared by the workers on it (the data tasks are light next to AlexNet's FC layers).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
 
-    net = build_model(cfg.model.arch, dataset["num_classes"], dropout=cfg.model.dropout, hidden=cfg.model.hidden)
+    net = build_model(cfg.model.arch, inputs.num_classes, dropout=cfg.model.dropout, hidden=cfg.model.hidden)
     channels_last = cfg.run.channels_last and on_gpu
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -65,7 +91,7 @@ def train_loop(loop_config: dict) -> None:
     optimizer = make_optimizer(raw_model.parameters(), cfg, base_lr)
     plateau = Plateau()
     start_epoch = 0
-    resumed = ray.train.get_checkpoint() or _initial_checkpoint(loop_config)
+    resumed = ray.train.get_checkpoint() or _initial_checkpoint(inputs)
     if resumed is not None:
         with resumed.as_directory() as d:
             state = checkpoint.load(d, map_location=device)
@@ -76,21 +102,21 @@ def train_loop(loop_config: dict) -> None:
         if rank == 0:
             print(f"resuming at epoch {start_epoch} from the checkpoint of epoch {state['epoch']}", flush=True)
 
-    mean = torch.tensor(dataset["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(dataset["std"], device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(inputs.pixel_mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(inputs.pixel_std, device=device).view(1, 3, 1, 1)
     per_worker = cfg.optim.batch_size // world
-    progress = loop_config.get("progress") if rank == 0 else None  # to the driver's terminal (alexnet.progress)
-    logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"],
+    progress = inputs.progress if rank == 0 else None  # to the driver's terminal (alexnet.progress)
+    logger = MetricLogger(inputs.tracking_uri, inputs.run_id,
                           say=progress.say if progress else None) if rank == 0 else None
-    monitor = _system_monitor(cfg, ctx, loop_config, resume=resumed is not None)
+    monitor = _system_monitor(cfg, ctx, inputs, resume=resumed is not None)
     stream = None
     try:
-        device_preset = loop_config.get("device_preset")  # data.decode=gpu: augment here, on the device
+        device_preset = inputs.device_preset  # data.decode=gpu: augment here, on the device
         train_shard = ray.train.get_dataset_shard("train")
         val_shard = ray.train.get_dataset_shard("val")
-        steps = loop_config["steps_per_epoch"]  # K: every worker takes K batches of the stream per epoch
+        steps = inputs.steps_per_epoch
         if rank == 0:
-            loop_config["start"].set(start_epoch)  # the stream's tasks read it: augmentation follows the epoch
+            inputs.start.set(start_epoch)  # the stream's tasks read it: augmentation follows the epoch
         if world > 1:
             torch.distributed.barrier()  # nobody starts the stream before the start epoch is set
         # One stream for the whole run (pipelines.loader): its next K batches are the epoch's.
@@ -113,7 +139,7 @@ def train_loop(loop_config: dict) -> None:
             )
             val_batches = val_shard.iter_torch_batches(
                 batch_size=per_worker, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu")
-            va = reduce_sums(evaluate(model, val_batches, device, mean=mean, std=std, amp_dtype=amp_dtype,
+            va = reduce_sums(evaluate_epoch(model, val_batches, device, mean=mean, std=std, amp_dtype=amp_dtype,
                                       channels_last=channels_last), device)
             metrics = epoch_metrics(epoch, lr, tr, va, wall_s=time.perf_counter() - epoch_start, world=world)
             if cfg.optim.schedule == "plateau":
@@ -123,9 +149,9 @@ def train_loop(loop_config: dict) -> None:
                 logger.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
                 with tempfile.TemporaryDirectory() as tmp:
                     checkpoint.save(tmp, model=raw_model, optimizer=optimizer, plateau=plateau.state_dict(),
-                                    epoch=epoch, config=loop_config["config"],
-                                    dataset_version=dataset["version"], metrics=report,
-                                    num_classes=dataset["num_classes"])
+                                    epoch=epoch, config=cfg.to_dict(),
+                                    dataset_version=inputs.dataset_version, metrics=report,
+                                    num_classes=inputs.num_classes)
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(report)
@@ -155,10 +181,10 @@ def epoch_metrics(epoch: int, lr: float, tr: dict, va: dict, *, wall_s: float, w
     }
 
 
-def _host_batches(shard, encoded: bool, device, *, batch_size: int, shuffle_buffer: int | None, shuffle_seed: int):
+def _host_batches(shard, decode_on_device: bool, device, *, batch_size: int, shuffle_buffer: int | None, shuffle_seed: int):
     """This worker's batches of one epoch from its Ray Data shard: uint8 image / int64 label tensors,
-    or, when `encoded` (data.decode=gpu), Arrow tables of rows still encoded, with their augmentation plans."""
-    if not encoded:
+    or, when `decode_on_device` (data.decode=gpu), Arrow tables of rows still encoded, with their augmentation plans."""
+    if not decode_on_device:
         return shard.iter_torch_batches(
             batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=shuffle_buffer,
             local_shuffle_seed=shuffle_seed, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu",
@@ -176,24 +202,24 @@ def _device_input(host, device_preset, device):
     return DeviceFeeder(host, partial(augment_on_device, preset=device_preset, device=device), device)
 
 
-def _system_monitor(cfg, ctx, loop_config: dict, *, resume: bool):
+def _system_monitor(cfg, ctx, inputs: LoopInputs, *, resume: bool):
     """One system-metrics sampler per node (on its local rank 0) when run.system_metrics is on;
     metric names carry the node only when the run spans several nodes."""
     if not cfg.run.system_metrics or ctx.get_local_rank() != 0:
         return None
     multi_node = ctx.get_local_world_size() < ctx.get_world_size()
-    return start_system_metrics(loop_config["tracking_uri"], loop_config["run_id"],
+    return start_system_metrics(inputs.tracking_uri, inputs.run_id,
                                 interval_s=cfg.run.system_metrics_interval,
                                 node_id=f"node{ctx.get_node_rank()}" if multi_node else None, resume=resume,
-                                say=loop_config["progress"].say if loop_config.get("progress") else None)
+                                say=inputs.progress.say if inputs.progress else None)
 
 
-def _initial_checkpoint(loop_config: dict):
+def _initial_checkpoint(inputs: LoopInputs):
     """Used only when Ray hands no checkpoint: this run's latest one on storage (Ray registers a
     checkpoint after it is uploaded, so a worker killed in between restarts without it), else
     `--resume-from PATH`."""
-    own = checkpoint.find_latest(loop_config["storage"], loop_config["run_name"]) if loop_config.get("storage") else None
-    path = own[0] if own else loop_config.get("resume_from")
+    own = checkpoint.find_latest(inputs.storage, inputs.run_name)
+    path = own[0] if own else inputs.initial_checkpoint
     if not path:
         return None
     import ray.train

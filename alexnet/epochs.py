@@ -76,7 +76,7 @@ def _raise_if_bad(first_bad: torch.Tensor, epoch: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, batches: Iterable[dict], device, *, mean, std, amp_dtype=None, channels_last: bool = False) -> dict:
+def evaluate_epoch(model, batches: Iterable[dict], device, *, mean, std, amp_dtype=None, channels_last: bool = False) -> dict:
     """Returns sums over this worker's batches: loss_sum, top1, top5, images.
 
     Images are (N, 3, H, W), or (N, K, 3, H, W) for K crops per image (ten-crop testing): then the

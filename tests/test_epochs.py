@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet.engine import NonFiniteLoss, evaluate, normalize, reduce_sums, topk_correct, train_one_epoch
+from alexnet.epochs import NonFiniteLoss, evaluate_epoch, normalize, reduce_sums, topk_correct, train_one_epoch
 
 MEAN = torch.zeros(1, 3, 1, 1)
 STD = torch.ones(1, 3, 1, 1)
@@ -66,7 +66,7 @@ def test_ten_crop_evaluation_averages_the_softmax_over_the_crops():
     torch.manual_seed(0)
     model = Tiny().eval()
     data = _batches(n=2, rows=3, crops=10)
-    got = evaluate(model, data, torch.device("cpu"), mean=MEAN, std=STD)
+    got = evaluate_epoch(model, data, torch.device("cpu"), mean=MEAN, std=STD)
     loss = top1 = 0.0
     for b in data:
         probs = torch.stack([F.softmax(model(b["image"][:, k].float() / 255), 1) for k in range(10)]).mean(0)
@@ -74,7 +74,7 @@ def test_ten_crop_evaluation_averages_the_softmax_over_the_crops():
         top1 += (probs.argmax(1) == b["label"]).sum().item()
     assert got["images"] == 6 and got["top1"] == top1 and got["top5"] == 6
     assert got["loss_sum"] == pytest.approx(loss, rel=1e-4)
-    single = evaluate(model, [{"image": b["image"][:, 0], "label": b["label"]} for b in data], torch.device("cpu"),
+    single = evaluate_epoch(model, [{"image": b["image"][:, 0], "label": b["label"]} for b in data], torch.device("cpu"),
                       mean=MEAN, std=STD)
     assert single["images"] == 6 and single["loss_sum"] != pytest.approx(got["loss_sum"])
 
@@ -93,7 +93,7 @@ def test_normalize_maps_uint8_to_standardised_float_per_channel():
 
 
 def test_epoch_metrics_are_global_over_the_workers_sums():
-    from alexnet.worker import epoch_metrics
+    from alexnet.train_loop import epoch_metrics
 
     # two workers, each 100 images in 4 s of which 1 s waiting for data (reduce_sums adds them)
     tr = {"loss_sum": 300.0, "images": 200, "seconds": 8.0, "data_wait_s": 2.0}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alexnet.schedules import PLATEAU_PATIENCE, Plateau, lr_at, scaled_lr
+from alexnet.lr_schedule import PLATEAU_PATIENCE, Plateau, lr_at, scaled_lr
 
 
 def test_lr_scales_linearly_with_the_global_batch():

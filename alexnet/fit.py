@@ -33,7 +33,7 @@ class TrainingDiverged(TrainingError, UserError):
 class Placement:
     use_gpu: bool
     cpus_per_worker: float
-    gpu_decode: bool = False  # train workers decode and augment on their GPUs (data.decode=gpu with GPUs)
+    decode_on_device: bool = False  # train workers decode and augment on their GPUs (data.decode=gpu with GPUs)
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,6 @@ class Outcome:
     latest_checkpoint: str
     storage: str
     resumed_from_epoch: int | None = None  # last completed epoch (0-based) of the checkpoint resumed from
-    resumed_from: str | None = None  # that checkpoint's path
     best_epoch: int = 0  # the epoch (0-based) of best_checkpoint, whose val top-1 is val_top1
 
 
@@ -69,7 +68,7 @@ def plan_placement(cfg: Config, cluster: dict) -> Placement:
         raise UserError(
             f"run.num_workers={n} x run.cpus_per_worker={cpu:g} CPUs leaves no CPU for Ray Data on a "
             f"{cpus:g}-CPU cluster; lower run.cpus_per_worker (0 = automatic)")
-    return Placement(use_gpu, cpu, gpu_decode=cfg.data.decode == "gpu" and use_gpu)
+    return Placement(use_gpu, cpu, decode_on_device=cfg.data.decode == "gpu" and use_gpu)
 
 
 def check_inputs(cfg: Config) -> DatasetInfo:
@@ -119,10 +118,10 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
     from ray.train.torch import TorchTrainer
 
     from alexnet.progress import Display, RunView
-    from alexnet.worker import train_loop
+    from alexnet.train_loop import LoopInputs, train_loop
 
     placement = plan_placement(cfg, ray.cluster_resources())
-    if cfg.data.decode == "gpu" and not placement.gpu_decode:
+    if cfg.data.decode == "gpu" and not placement.decode_on_device:
         print("data.decode=gpu: this run has no GPU; Ray Data's CPU workers decode instead", flush=True)
     resume = resume_point(cfg, str(storage), run_name, resume_from, num_classes=info.num_classes)
     first_epoch = resume[1] + 1 if resume is not None else 0
@@ -140,7 +139,7 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
                                flip=cfg.data.flip, seed=cfg.data.seed, random_resized_crop=cfg.data.random_resized_crop,
                                epochs=max(1, cfg.optim.epochs - first_epoch),
                                per_epoch=steps * per_worker * cfg.run.num_workers, start=start,
-                               decode_on_device=placement.gpu_decode),
+                               decode_on_device=placement.decode_on_device),
         "val": val_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, ten_crop=cfg.data.ten_crop_eval),
     }
     for ds in datasets.values():
@@ -148,23 +147,15 @@ def fit(cfg: Config, info: DatasetInfo, *, run_name: str, storage: str | Path, t
     view = RunView(Display(epochs=cfg.optim.epochs, steps=steps, images_per_step=per_worker * cfg.run.num_workers))
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={
-            "config": cfg.to_dict(),
-            "dataset": {"version": info.version, "mean": info.pixel_mean, "std": info.pixel_std,
-                        "num_classes": info.num_classes},
-            "tracking_uri": tracking_uri,
-            "run_id": run_id,
-            "resume_from": resume[0] if resume is not None else None,
-            "storage": str(storage),  # a restarted worker group finds checkpoints Ray had not registered
-            "run_name": run_name,
-            "start": start,
-            "steps_per_epoch": steps,
-            "progress": view.channel,  # rank 0's steps and notes, to the driver's terminal
-            # data.decode=gpu: the worker decodes and augments the planned rows with this preset
-            "device_preset": train_preset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
-                                          flip=cfg.data.flip, random_resized_crop=cfg.data.random_resized_crop)
-            if placement.gpu_decode else None,
-        },
+        train_loop_config={"inputs": LoopInputs(
+            config=cfg, dataset_version=info.version, num_classes=info.num_classes,
+            pixel_mean=tuple(info.pixel_mean), pixel_std=tuple(info.pixel_std),
+            tracking_uri=tracking_uri, run_id=run_id, run_name=run_name, storage=str(storage), start=start,
+            steps_per_epoch=steps, progress=view.channel,
+            device_preset=train_preset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
+                                       flip=cfg.data.flip, random_resized_crop=cfg.data.random_resized_crop)
+            if placement.decode_on_device else None,
+            initial_checkpoint=resume[0] if resume is not None else None)},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=placement.use_gpu,
                                      resources_per_worker={"CPU": placement.cpus_per_worker}),
         run_config=RunConfig(
@@ -275,7 +266,7 @@ def _outcome(result, run_name: str, storage: str, resume: tuple[str, int] | None
     return Outcome(run_name=run_name, val_top1=float(metrics.get("val_top1", last["metrics"]["val_top1"])),
                    epochs=int(last["epoch"]) + 1, best_checkpoint=best_path, latest_checkpoint=latest_path,
                    storage=storage, resumed_from_epoch=resume[1] if resume else None,
-                   resumed_from=resume[0] if resume else None, best_epoch=int(metrics.get("epoch", last["epoch"])))
+                   best_epoch=int(metrics.get("epoch", last["epoch"])))
 
 
 def load_classifier(checkpoint_path: str, info: DatasetInfo):
