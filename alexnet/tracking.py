@@ -322,6 +322,16 @@ class MetricLogger:
         return True
 
 
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which `key` already has a point in the run; empty when MLflow cannot say
+        (then the caller logs as if nothing were there)."""
+        try:
+            return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        except Exception as err:  # an outage at start: training goes on, as with log()
+            self.say(f"[tracking] could not read the run's logged epochs ({short(err)})")
+            return set()
+
+
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 

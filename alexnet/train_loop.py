@@ -109,6 +109,13 @@ def train_loop(loop_config: dict) -> None:
     logger = MetricLogger(inputs.tracking_uri, inputs.run_id,
                           say=progress.say if progress else None) if rank == 0 else None
     monitor = _system_monitor(cfg, ctx, inputs, resume=resumed is not None)
+    # One metric point per epoch in the MLflow run, however often the epoch ran: an attempt that
+    # died after logging an epoch but before its checkpoint counted makes the restart re-run it
+    # (not logged again), and an epoch checkpointed but never logged (its metrics were held
+    # through an outage when the driver died) is logged from its checkpoint.
+    logged = logger.logged_steps(EPOCH_POINT) if logger is not None else set()
+    if logger is not None and resumed is not None and state["epoch"] not in logged and state.get("metrics"):
+        logger.log(from_report(state["metrics"]), step=state["epoch"])
     stream = None
     try:
         device_preset = inputs.device_preset  # data.decode=gpu: augment here, on the device
@@ -144,9 +151,10 @@ def train_loop(loop_config: dict) -> None:
             metrics = epoch_metrics(epoch, lr, tr, va, wall_s=time.perf_counter() - epoch_start, world=world)
             if cfg.optim.schedule == "plateau":
                 plateau.update(metrics["val/top1"])
-            report = {k.replace("/", "_"): v for k, v in metrics.items()}
+            report = {_report_key(k): v for k, v in metrics.items()}
             if rank == 0:
-                logger.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+                if epoch not in logged:
+                    logger.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
                 with tempfile.TemporaryDirectory() as tmp:
                     checkpoint.save(tmp, model=raw_model, optimizer=optimizer, plateau=plateau.state_dict(),
                                     epoch=epoch, config=cfg.to_dict(),
@@ -162,6 +170,22 @@ def train_loop(loop_config: dict) -> None:
             stream.close()
         if monitor is not None:
             monitor.finish()
+
+
+# The epoch's MLflow metrics (epoch_metrics' keys but "epoch"); Ray Train's report and the
+# checkpoint name them with "_" for "/".
+METRIC_NAMES = ("train/loss", "val/loss", "val/top1", "val/top5", "lr", "throughput/images_per_s",
+                "throughput/data_wait_fraction", "time/epoch_s")
+EPOCH_POINT = "val/top1"  # an epoch is in the MLflow run iff this metric has a point at its step
+
+
+def _report_key(name: str) -> str:
+    return name.replace("/", "_")
+
+
+def from_report(report: dict) -> dict:
+    """A report's (or a checkpoint's) metrics under their MLflow names."""
+    return {name: report[_report_key(name)] for name in METRIC_NAMES if _report_key(name) in report}
 
 
 def epoch_metrics(epoch: int, lr: float, tr: dict, va: dict, *, wall_s: float, world: int) -> dict:

@@ -21,3 +21,13 @@ def test_loop_inputs_travel_to_a_worker_as_the_typed_config():
     assert (got.config.model.hidden, got.config.optim.epochs) == (256, 3)
     with pytest.raises(dataclasses.FrozenInstanceError):
         got.steps_per_epoch = 8
+
+
+def test_an_epochs_report_maps_back_to_its_mlflow_metrics():
+    from alexnet.train_loop import METRIC_NAMES, epoch_metrics, from_report
+
+    sums = {"loss_sum": 8.0, "images": 4.0, "top1": 2.0, "top5": 4.0, "seconds": 2.0, "data_wait_s": 0.5}
+    metrics = epoch_metrics(3, 0.01, sums, sums, wall_s=2.5, world=1)
+    assert set(metrics) - {"epoch"} == set(METRIC_NAMES)
+    report = {k.replace("/", "_"): v for k, v in metrics.items()}
+    assert from_report(report) == {k: v for k, v in metrics.items() if k != "epoch"}
