@@ -23,7 +23,7 @@ AREAS = {  # test file -> the part of the system it covers, in the order the tab
     "test_decode": "Images", "test_device_augment": "Images",
     "test_s3": "Object storage",
     "test_two_nodes": "Clusters and checkpoints", "test_checkpoint_storage": "Clusters and checkpoints",
-    "test_train": "Training", "test_engine": "Training", "test_loader": "Training", "test_device_input": "Training",
+    "test_train": "Training", "test_epochs": "Training", "test_loader": "Training", "test_device_input": "Training",
     "test_imports": "Training", "test_demo": "Training",
     "test_train_errors": "Errors a user meets", "test_cli": "Errors a user meets", "test_config": "Errors a user meets",
     "test_output": "Errors a user meets", "test_models": "Errors a user meets",
