@@ -91,7 +91,9 @@ def train_loop(loop_config: dict) -> None:
     optimizer = make_optimizer(raw_model.parameters(), cfg, base_lr)
     plateau = Plateau()
     start_epoch = 0
-    resumed = ray.train.get_checkpoint() or _initial_checkpoint(inputs)
+    resumed, own_run = ray.train.get_checkpoint(), True
+    if resumed is None:
+        resumed, own_run = _initial_checkpoint(inputs)
     if resumed is not None:
         with resumed.as_directory() as d:
             state = checkpoint.load(d, map_location=device)
@@ -111,10 +113,12 @@ def train_loop(loop_config: dict) -> None:
     monitor = _system_monitor(cfg, ctx, inputs, resume=resumed is not None)
     # One metric point per epoch in the MLflow run, however often the epoch ran: an attempt that
     # died after logging an epoch but before its checkpoint counted makes the restart re-run it
-    # (not logged again), and an epoch checkpointed but never logged (its metrics were held
-    # through an outage when the driver died) is logged from its checkpoint.
+    # (not logged again), and an epoch of this run checkpointed but never logged (its metrics were
+    # held through an outage when the driver died) is logged from its checkpoint. A checkpoint of
+    # another run (--resume-from) brings no metrics: this run did not measure them.
     logged = logger.logged_steps(EPOCH_POINT) if logger is not None else set()
-    if logger is not None and resumed is not None and state["epoch"] not in logged and state.get("metrics"):
+    if (logger is not None and resumed is not None and own_run and state["epoch"] not in logged
+            and state.get("metrics")):
         logger.log(from_report(state["metrics"]), step=state["epoch"])
     stream = None
     try:
@@ -241,11 +245,12 @@ def _system_monitor(cfg, ctx, inputs: LoopInputs, *, resume: bool):
 def _initial_checkpoint(inputs: LoopInputs):
     """Used only when Ray hands no checkpoint: this run's latest one on storage (Ray registers a
     checkpoint after it is uploaded, so a worker killed in between restarts without it), else
-    `--resume-from PATH`."""
+    `--resume-from PATH`. Returns (checkpoint or None, whether it is this run's own)."""
     own = checkpoint.find_latest(inputs.storage, inputs.run_name)
     path = own[0] if own else inputs.initial_checkpoint
     if not path:
-        return None
+        return None, True
     import ray.train
 
-    return ray.train.Checkpoint.from_directory(path) if os.path.isdir(path) else ray.train.Checkpoint(path)
+    found = ray.train.Checkpoint.from_directory(path) if os.path.isdir(path) else ray.train.Checkpoint(path)
+    return found, bool(own)
