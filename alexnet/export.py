@@ -173,10 +173,10 @@ def read_spec(directory: str | os.PathLike, source: str | None = None) -> ModelS
 def save_model(path: str, mlflow_model, *, package: str, **_) -> None:
     """Model.log's flavor hook: the MLflow model folder at `path` from a folder `save` wrote."""
     import platform
+    from importlib.metadata import version
 
     import mlflow
     import numpy as np
-    import torchvision
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
@@ -185,10 +185,11 @@ def save_model(path: str, mlflow_model, *, package: str, **_) -> None:
     data.mkdir(parents=True)
     for name in (SPEC_FILE, WEIGHTS_FILE):
         shutil.copyfile(Path(package) / name, data / name)
+    # torchvision's version from its metadata: importing it here cost the driver ~3 s.
     mlflow_model.signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 3, spec.crop, spec.crop))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(spec.classes)))]))
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={version('torchvision').split('+')[0]}",
                     f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"]
     (Path(path) / "requirements.txt").write_text(
         "# and this project (alexnet-pipeline), whose alexnet.export loads the model\n" + "\n".join(requirements) + "\n")

@@ -97,7 +97,7 @@ def write_report(directory: str | Path, cfg, info, scores, labels: np.ndarray, p
     split (`scores`, `labels`, `preds` from alexnet.predict.evaluate), samples/train_augmented.png.
     Written to a temporary sibling first: `directory` is complete or absent."""
     from pipelines.atomic import write_atomic_dir
-    from pipelines.loader import train_dataset
+    from pipelines.loader import train_sample
 
     def fill(folder: str) -> None:
         tmp = Path(folder)
@@ -109,10 +109,10 @@ def write_report(directory: str | Path, cfg, info, scores, labels: np.ndarray, p
         (tmp / "eval" / "val_scores.json").write_text(json.dumps(
             {"top1": scores.top1, "top5": scores.top5, "images": scores.images, "ten_crop": cfg.data.ten_crop_eval,
              "dataset_version": info.version, "confusion_matrix": cm.tolist(), "classes": info.classes}, indent=2))
-        sample = train_dataset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
-                               flip=cfg.data.flip, seed=None,
-                               random_resized_crop=cfg.data.random_resized_crop).take(SAMPLE_GRID_IMAGES)
-        sample_grid(np.stack([np.asarray(r["image"], dtype=np.uint8) for r in sample]), [r["label"] for r in sample],
+        sample = train_sample(info, SAMPLE_GRID_IMAGES, crop=cfg.data.crop, resize=cfg.data.resize,
+                              pca_std=cfg.data.pca_lighting, flip=cfg.data.flip,
+                              random_resized_crop=cfg.data.random_resized_crop)
+        sample_grid(np.asarray(sample["image"], dtype=np.uint8), [int(y) for y in sample["label"]],
                     info.classes, tmp / "samples" / "train_augmented.png")
 
     directory = Path(directory)

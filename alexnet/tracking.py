@@ -90,24 +90,22 @@ def _raised_in(err: BaseException, path_part: str) -> bool:
     return False
 
 
+# What a user does about each kind of store problem (`problem`), in the one line `explain` writes.
+ADVICE = {
+    "refused": "MLflow at {where} refused access ({text}); set MLFLOW_TRACKING_USERNAME and "
+               "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for a user allowed to write there",
+    "bad-uri": "--tracking-uri {where} is not a store MLflow can open; use sqlite:///ABSOLUTE/PATH.db "
+               "or http(s)://HOST:PORT",
+    "cannot-open": "MLflow could not open the store {where} ({text}); check that its folder exists and is "
+                   "writable, or pass another --tracking-uri",
+    "outage": "MLflow at {where} did not answer ({text}); start the tracking server or pass another --tracking-uri",
+}
+
+
 def explain(err: BaseException, tracking_uri: str) -> str:
     """What went wrong with the store at `tracking_uri`, and what to do about it, in one line."""
-    where = redact("uri", tracking_uri)
-    text = short(err)
-    kind = problem(err)
-    if kind == "refused":
-        return (f"MLflow at {where} refused access ({text}); set MLFLOW_TRACKING_USERNAME and "
-                f"MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for a user allowed to write there")
-    if kind == "bad-uri":
-        return (f"--tracking-uri {where} is not a store MLflow can open; use sqlite:///ABSOLUTE/PATH.db "
-                f"or http(s)://HOST:PORT")
-    if kind == "cannot-open":
-        return (f"MLflow could not open the store {where} ({text}); check that its folder exists and is "
-                f"writable, or pass another --tracking-uri")
-    if kind == "outage":
-        return (f"MLflow at {where} did not answer ({text}); start the tracking server or pass "
-                f"another --tracking-uri")
-    return f"MLflow at {where} failed: {text}"
+    template = ADVICE.get(problem(err), "MLflow at {where} failed: {text}")
+    return template.format(where=redact("uri", tracking_uri), text=short(err))
 
 
 def retrying(call, *, what: str):

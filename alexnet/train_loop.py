@@ -21,6 +21,7 @@ from alexnet.device_input import DeviceFeeder
 from alexnet.epochs import evaluate_epoch, reduce_sums, train_one_epoch
 from alexnet.lr_schedule import Plateau, lr_at, scaled_lr
 from alexnet.tracking import MetricLogger, start_system_metrics
+from alexnet.val_batches import ValBatches
 from alexnet.progress import Channel
 from pipelines.augment import TrainPreset
 from pipelines.device_augment import augment_on_device
@@ -52,10 +53,18 @@ class LoopInputs:
     initial_checkpoint: str | None = None  # --resume-from PATH, when Ray hands no checkpoint and the run has none
 
 
-def make_optimizer(params, cfg, lr: float):
+# Devices with torch's fused (one kernel for all parameters) SGD and AdamW. On 2 CPU cores the
+# fused AdamW step of the demo's network takes ~19 ms where the default (foreach) one takes ~56 ms,
+# a quarter of the whole step; the state dict is the same, so checkpoints move between the two.
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
+
+
+def make_optimizer(params, cfg, lr: float, device_type: str = "cpu"):
+    fused = device_type in FUSED_OPTIMIZER_DEVICES
     if cfg.optim.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.optim.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+                               fused=fused)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.optim.weight_decay, fused=fused)
 
 
 def train_loop(loop_config: dict) -> None:
@@ -88,7 +97,7 @@ def train_loop(loop_config: dict) -> None:
     amp_dtype = torch.bfloat16 if (cfg.run.amp and on_gpu) else None
 
     base_lr = scaled_lr(cfg.optim.lr, cfg.optim.batch_size)
-    optimizer = make_optimizer(raw_model.parameters(), cfg, base_lr)
+    optimizer = make_optimizer(raw_model.parameters(), cfg, base_lr, device.type)
     plateau = Plateau()
     start_epoch = 0
     resumed, own_run = ray.train.get_checkpoint(), True
@@ -124,7 +133,7 @@ def train_loop(loop_config: dict) -> None:
     try:
         device_preset = inputs.device_preset  # data.decode=gpu: augment here, on the device
         train_shard = ray.train.get_dataset_shard("train")
-        val_shard = ray.train.get_dataset_shard("val")
+        val_batches = ValBatches(ray.train.get_dataset_shard("val"), batch_size=per_worker, device=device)
         steps = inputs.steps_per_epoch
         if rank == 0:
             inputs.start.set(start_epoch)  # the stream's tasks read it: augmentation follows the epoch
@@ -148,9 +157,7 @@ def train_loop(loop_config: dict) -> None:
                                 channels_last=channels_last, before_step=progress.steps(epoch) if progress else None),
                 device,
             )
-            val_batches = val_shard.iter_torch_batches(
-                batch_size=per_worker, dtypes={"image": torch.uint8, "label": torch.long}, device="cpu")
-            va = reduce_sums(evaluate_epoch(model, val_batches, device, mean=mean, std=std, amp_dtype=amp_dtype,
+            va = reduce_sums(evaluate_epoch(model, val_batches.epoch(), device, mean=mean, std=std, amp_dtype=amp_dtype,
                                       channels_last=channels_last), device)
             metrics = epoch_metrics(epoch, lr, tr, va, wall_s=time.perf_counter() - epoch_start, world=world)
             if cfg.optim.schedule == "plateau":

@@ -286,6 +286,28 @@ def train_dataset(info: DatasetInfo, *, crop: int, resize: int, pca_std: float, 
                          order_seed=order_seed, start=start, first_epoch=epoch, epochs=epochs, per_epoch=per_epoch)
 
 
+def train_sample(info: DatasetInfo, n: int, *, crop: int, resize: int, pca_std: float, flip: bool,
+                 random_resized_crop: bool = False, seed: int | None = None) -> dict:
+    """Up to `n` training images augmented as the stream augments them (`apply_preset`, the same
+    preset), made in this process from one row group drawn at random: a report's picture of
+    what the model saw. A Ray Data execution would spend seconds starting up for a few images."""
+    import numpy as np
+
+    _check_geometry(crop, resize)
+    paths = info.shard_paths("train")
+    if not paths:
+        raise UserError(f"{info.path}: the dataset has no train shards to sample")
+    rng = np.random.default_rng(seed)
+    path = paths[int(rng.integers(len(paths)))]
+    meta = _footer(path)
+    group = int(rng.integers(meta.num_row_groups))
+    rows = _read_unit({"path": path, "group": group, "start": 0, "rows": meta.row_group(group).num_rows}, COLUMNS)
+    pick = np.sort(rng.choice(len(rows["label"]), size=min(n, len(rows["label"])), replace=False))
+    preset = train_preset(info, crop=crop, resize=resize, pca_std=pca_std, flip=flip,
+                          random_resized_crop=random_resized_crop)
+    return apply_preset({c: v[pick] for c, v in rows.items()}, preset=preset, seed=seed)
+
+
 def stored_side(info: DatasetInfo) -> int:
     """The shorter side, in px, of the training images as the dataset stores them: ingest's
     --resize (or --raw-size), else the median over the stored sizes (read from the footers' columns,

@@ -10,10 +10,11 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.support import new_bucket
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -136,12 +137,7 @@ def s3_server(tmp_path_factory) -> str:
 @pytest.fixture
 def s3_bucket(s3_server) -> str:
     """A new, empty bucket: `s3://NAME`."""
-    import pyarrow.fs
-
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    fs, _ = pyarrow.fs.FileSystem.from_uri(f"s3://{name}?allow_bucket_creation=true")
-    fs.create_dir(name)
-    return f"s3://{name}"
+    return new_bucket()
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,6 @@ through AWS_ENDPOINT_URL; the two-node end-to-end run is tests/test_two_nodes.py
 
 from __future__ import annotations
 
-import json
-
 import pyarrow.fs
 import pytest
 import torch
@@ -31,13 +29,18 @@ def _upload(local, uri: str) -> None:
     pyarrow.fs.copy_files(str(local), path, destination_filesystem=fs)
 
 
+def _save_to(uri: str, epoch: int, tmp_path) -> None:
+    """A checkpoint of `epoch` saved locally, then uploaded whole to `uri`."""
+    _save(tmp_path / f"local-{epoch}", epoch)
+    _upload(tmp_path / f"local-{epoch}", uri)
+
+
 @pytest.mark.fault("a checkpoint on S3 whose upload was cut off (state.pt shorter than meta.json "
                    "says); a missing one", inputs=2,
                    outcome="the last complete checkpoint is found and loads; the missing one is named")
 def test_checkpoints_on_s3_are_found_read_and_loaded_where_they_are(s3_bucket, tmp_path):
     runs = f"{s3_bucket}/runs"
-    _save(tmp_path / "c0", 0)
-    _upload(tmp_path / "c0", f"{runs}/r/checkpoint_000000")
+    _save_to(f"{runs}/r/checkpoint_000000", 0, tmp_path)
     _save(tmp_path / "c1", 1)  # its upload cut off by a kill: state.pt shorter than meta.json says
     fs, path = pyarrow.fs.FileSystem.from_uri(f"{runs}/r/checkpoint_000001")
     fs.create_dir(path)
@@ -57,7 +60,7 @@ def test_checkpoints_on_s3_are_found_read_and_loaded_where_they_are(s3_bucket, t
 
     # Ray Train names a checkpoint by its path on the bucket's filesystem; readers get the URI back.
     assert checkpoint.uri_of(runs, f"{s3_bucket[5:]}/runs/r/checkpoint_000000") == latest[0]
-    assert checkpoint.uri_of(str(tmp_path), str(tmp_path / "c0")) == str(tmp_path / "c0")
+    assert checkpoint.uri_of(str(tmp_path), str(tmp_path / "c1")) == str(tmp_path / "c1")
 
 
 @pytest.mark.fault("--resume-from an S3 checkpoint of another shape (num_classes); a path with no "
@@ -65,8 +68,7 @@ def test_checkpoints_on_s3_are_found_read_and_loaded_where_they_are(s3_bucket, t
                    outcome="one UserError each naming the checkpoint and the mismatch or --resume-from")
 def test_resume_from_an_s3_checkpoint_reads_its_meta_and_refuses_another_shape(s3_bucket, tmp_path):
     runs = f"{s3_bucket}/runs"
-    _save(tmp_path / "c", 4)
-    _upload(tmp_path / "c", f"{runs}/old/checkpoint_000004")
+    _save_to(f"{runs}/old/checkpoint_000004", 4, tmp_path)
     cfg = load_config("smoke", ["optim.optimizer=adamw"])
     assert resume_point(cfg, runs, "new", f"{runs}/old/checkpoint_000004", num_classes=3) == (
         f"{runs}/old/checkpoint_000004", 4)

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.dataset import open_dataset
 from pipelines.device_augment import augment_on_device
-from pipelines.loader import StartEpoch, epoch_plan, train_dataset, train_preset, unit_order, val_dataset
+from pipelines.loader import StartEpoch, epoch_plan, train_dataset, train_preset, train_sample, unit_order, val_dataset
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,15 @@ def test_seeded_pipeline_reproduces_per_image_across_runs_and_batchings(info):
     val_a = _by_key(val_dataset(info, crop=48, resize=64, keep_key=True))
     val_b = _by_key(val_dataset(info, crop=48, resize=64, keep_key=True, batch_rows=5))
     assert len(val_a) == info.split_size("val") and all(np.array_equal(val_a[k], val_b[k]) for k in val_a)
+
+
+def test_the_reports_sample_is_made_in_process_exactly_as_the_stream_augments(info):
+    kw = dict(crop=48, resize=72, pca_std=0.1, flip=True)
+    streamed = list(_by_key(train_dataset(info, seed=5, keep_key=True, **kw)).values())
+    sample = train_sample(info, 6, seed=5, **kw)
+    assert sample["image"].shape == (6, 3, 48, 48) and sample["image"].dtype == np.uint8
+    assert all(any(np.array_equal(image, s) for s in streamed) for image in sample["image"])
+    assert not np.array_equal(train_sample(info, 6, seed=6, **kw)["image"], sample["image"])
 
 
 def _cuda() -> bool:

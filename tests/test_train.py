@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -18,6 +17,7 @@ from alexnet import checkpoint
 from alexnet.config import load_config
 from alexnet.fit import TrainingError, check_inputs, fit
 from pipelines.errors import UserError
+from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -104,16 +104,6 @@ def _train_worker_pids() -> list[int]:
     return pids
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.fault("SIGKILL of a train worker after the first checkpoint", inputs=1,
                    outcome="the run restarts from the checkpoint, not from scratch (epoch 0 logged once), "
                            "and finishes all 4 epochs")
@@ -125,8 +115,8 @@ def test_a_killed_train_worker_restarts_from_the_last_checkpoint(shapes_dataset,
     thread = threading.Thread(target=lambda: box.update(out=_fit(
         shapes_dataset, tmp_path, "ft", "optim.epochs=4", "run.max_failures=1", mlflow=mlflow)))
     thread.start()
-    _wait_for(lambda: checkpoint.find_latest(str(tmp_path / "runs"), "ft"), 300, "the first complete checkpoint")
-    victims = _wait_for(_train_worker_pids, 60, "a RayTrainWorker process")
+    wait_for(lambda: checkpoint.find_latest(str(tmp_path / "runs"), "ft"), 300, "the first complete checkpoint")
+    victims = wait_for(_train_worker_pids, 60, "a RayTrainWorker process")
     os.kill(victims[0], signal.SIGKILL)
     thread.join(600)
     assert not thread.is_alive() and "out" in box
@@ -146,7 +136,7 @@ def test_a_killed_driver_rerun_with_the_same_run_name_continues_at_the_next_epoc
     env = dict(os.environ)  # token auth on, with the session's token (tests/conftest.py)
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        _wait_for(lambda: checkpoint.find_latest(str(work / "runs"), "X") or driver.poll() is not None, 300,
+        wait_for(lambda: checkpoint.find_latest(str(work / "runs"), "X") or driver.poll() is not None, 300,
                   "a complete checkpoint")
         assert driver.poll() is None, "the first run ended before it could be killed"
         driver.send_signal(signal.SIGKILL)

@@ -12,8 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from alexnet import checkpoint
 from tests.mlflow_helpers import MlflowServer
 from tests.ray_cluster import RayCluster
+from tests.support import new_bucket, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +46,7 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bucket(s3_server) -> str:
-    import pyarrow.fs
-
-    name = f"two-nodes-{uuid.uuid4().hex[:8]}"
-    fs, _ = pyarrow.fs.FileSystem.from_uri(f"s3://{name}?allow_bucket_creation=true")
-    fs.create_dir(name)
-    return f"s3://{name}"
+    return new_bucket("two-nodes")
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +71,6 @@ def _runs(tracking_uri: str, run_name: str) -> list:
     if exp is None:
         return []
     return client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.fault("a request to a two-node cluster's job server without the token", inputs=1,
@@ -145,14 +129,14 @@ def test_a_killed_worker_node_and_a_killed_driver_resume_from_s3_in_the_same_mlf
         # 1. The worker node dies (its raylet, SIGKILL: the train worker and the data tasks with it)
         #    right after epoch 1's metrics are logged, and another node joins: the worker group
         #    restarts there from the last checkpoint, and epoch 1 is logged once.
-        _wait_for(lambda: 1 in logged_steps() or driver.poll() is not None, 600, "epoch 1's metrics")
+        wait_for(lambda: 1 in logged_steps() or driver.poll() is not None, 600, "epoch 1's metrics")
         assert driver.poll() is None, first_log.read_text()[-3000:]
         victim = cluster.workers[0]
         cluster.kill_raylet(victim)
         replacement = cluster.add_node(cpus=2)
         # 2. The driver dies once the restarted group has checkpointed a later epoch; the same
         #    command, run again, continues from S3.
-        _wait_for(lambda: (checkpoint.find_latest(runs, name) or (None, -1))[1] >= 2 or driver.poll() is not None,
+        wait_for(lambda: (checkpoint.find_latest(runs, name) or (None, -1))[1] >= 2 or driver.poll() is not None,
                   600, "a checkpoint of the restarted worker group")
         assert driver.poll() is None, first_log.read_text()[-3000:]
         os.killpg(driver.pid, signal.SIGKILL)
