@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice
@@ -140,10 +141,9 @@ def train_loop(loop_config: dict) -> None:
         if world > 1:
             torch.distributed.barrier()  # nobody starts the stream before the start epoch is set
         # One stream for the whole run (pipelines.loader): its next K batches are the epoch's.
-        stream = _device_input(_host_batches(train_shard, device_preset is not None, device, batch_size=per_worker,
-                                          shuffle_buffer=cfg.data.shuffle_buffer or None,
-                                          shuffle_seed=cfg.data.seed * 100003 + start_epoch * 1009 + rank),
-                            device_preset, device)
+        stream = run_stream(train_shard, device_preset, device, batch_size=per_worker,
+                            shuffle_buffer=cfg.data.shuffle_buffer or None,
+                            shuffle_seed=cfg.data.seed * 100003 + start_epoch * 1009 + rank)
         for epoch in range(start_epoch, cfg.optim.epochs):
             lr = lr_at(epoch, base=base_lr, schedule=cfg.optim.schedule, epochs=cfg.optim.epochs,
                        warmup_epochs=cfg.optim.warmup_epochs, plateau_scale=plateau.scale,
@@ -214,6 +214,14 @@ def epoch_metrics(epoch: int, lr: float, tr: dict, va: dict, *, wall_s: float, w
         "throughput/data_wait_fraction": tr["data_wait_s"] / max(1e-9, tr["seconds"]),
         "time/epoch_s": wall_s,
     }
+
+
+def run_stream(shard, device_preset, device, **batching) -> Iterator[dict]:
+    """The run's one iterator over this worker's batches; each epoch takes its K batches from it.
+    An iterator, not Ray Data's iterable: every iter() over `iter_torch_batches` starts a new
+    execution at the stream's beginning, so each epoch would replay the first one (the same crops,
+    flips and lighting in the same order) and pay Ray Data's start-up again."""
+    return iter(_device_input(_host_batches(shard, device_preset is not None, device, **batching), device_preset, device))
 
 
 def _host_batches(shard, decode_on_device: bool, device, *, batch_size: int, shuffle_buffer: int | None, shuffle_seed: int):

@@ -9,8 +9,10 @@ after the other (each epoch visits the units in a new order, a seeded function o
 and the train loop takes its batches for epoch e as the next K batches of it. Workers, imports and
 the streaming executor are set up once, and the next epoch's first batches are already waiting
 while an epoch is validated (every Ray Data execution pays for its start and for its first
-second, and a per-epoch one paid it every epoch). Validation, which must see the whole split each
-time, is one execution per epoch.
+second, and a per-epoch one paid it every epoch). The loop must take every epoch from one
+iterator (alexnet.train_loop.run_stream): each iter() over Ray Data's iter_*_batches starts a new
+execution at the stream's first epoch. Validation, which must see the whole split each time, is
+one execution per epoch unless the workers keep its batches (alexnet/val_batches.py).
 
 Why not read_parquet -> map_batches: that is two operators, and on a small node Ray Data 2.60
 reserves a CPU for each (its ReservationOpResourceAllocator rounds each operator's share up to one

@@ -256,6 +256,26 @@ def test_an_unreadable_shard_is_named_before_any_task_runs(info, tmp_path):
         train_dataset(broken, crop=32, resize=72, pca_std=0.0, flip=False, seed=1)
 
 
+def test_the_train_loop_takes_every_epoch_from_one_execution_of_the_stream(info):
+    """Each epoch's K batches come from one iterator: Ray Data's iter_torch_batches is an iterable
+    whose every iter() starts the stream again at its first epoch (the same crops every epoch)."""
+    from itertools import islice
+
+    import torch
+
+    from alexnet.train_loop import run_stream
+
+    steps, batch = 3, 8
+    ds = train_dataset(info, crop=32, resize=72, pca_std=0.1, flip=True, seed=1, epochs=2, per_epoch=steps * batch,
+                       keep_key=True)
+    ds = ds.map_batches(lambda b: {"image": b["image"], "label": b["epoch"]})  # each row's epoch, as its label
+    stream = run_stream(ds.iterator(), None, torch.device("cpu"), batch_size=batch, shuffle_buffer=None, shuffle_seed=0)
+    first, second = ([int(e) for b in islice(stream, steps) for e in b["label"]] for _ in range(2))
+    assert len(first) == len(second) == steps * batch
+    assert first.count(0) > len(first) // 2 and second.count(1) > len(second) // 2
+    assert next(stream, None) is None  # the stream held exactly the run's batches
+
+
 def test_the_train_worker_reads_a_planned_stream_through_its_device_feeder(info):
     """data.decode=gpu in the train loop: the shard's Arrow batches go through a DeviceFeeder
     (here on the CPU device) and come out as the CPU path's pixels, batch after batch."""

@@ -1,4 +1,4 @@
-"""`alexnet demo`: the whole path on built-in data, locally, in about 3 minutes on 2 CPU cores.
+"""`alexnet demo`: the whole path on built-in data, locally, in about a minute and a half on 2 CPU cores.
 
 Generated shape images -> `alexnet ingest`'s code -> Ray Data augmentation -> TorchTrainer on a
 local Ray -> MLflow (SQLite) run with a registered model. A second run in the same work
