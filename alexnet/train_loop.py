@@ -21,9 +21,9 @@ from alexnet.config import Config
 from alexnet.device_input import DeviceFeeder
 from alexnet.epochs import evaluate_epoch, reduce_sums, train_one_epoch
 from alexnet.lr_schedule import Plateau, lr_at, scaled_lr
+from alexnet.progress import Channel
 from alexnet.tracking import MetricLogger, start_system_metrics
 from alexnet.val_batches import ValBatches
-from alexnet.progress import Channel
 from pipelines.augment import TrainPreset
 from pipelines.device_augment import augment_on_device
 from pipelines.loader import StartEpoch
@@ -54,9 +54,9 @@ class LoopInputs:
     initial_checkpoint: str | None = None  # --resume-from PATH, when Ray hands no checkpoint and the run has none
 
 
-# Devices with torch's fused (one kernel for all parameters) SGD and AdamW. On 2 CPU cores the
-# fused AdamW step of the demo's network takes ~19 ms where the default (foreach) one takes ~56 ms,
-# a quarter of the whole step; the state dict is the same, so checkpoints move between the two.
+# Devices with torch's fused (one kernel for all parameters) SGD and AdamW. On 2 CPU cores a
+# demo-recipe step is 1.23x faster fused (benchmarks/optimizer_step.py); the state dict is the
+# same, so checkpoints move between the two.
 FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
 
 
@@ -225,7 +225,7 @@ def run_stream(shard, device_preset, device, **batching) -> Iterator[dict]:
 
 
 def _host_batches(shard, decode_on_device: bool, device, *, batch_size: int, shuffle_buffer: int | None, shuffle_seed: int):
-    """This worker's batches of one epoch from its Ray Data shard: uint8 image / int64 label tensors,
+    """This worker's batches from its Ray Data shard (an iterable: see run_stream): uint8 image / int64 label tensors,
     or, when `decode_on_device` (data.decode=gpu), Arrow tables of rows still encoded, with their augmentation plans."""
     if not decode_on_device:
         return shard.iter_torch_batches(
