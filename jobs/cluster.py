@@ -6,6 +6,15 @@ RAY_AUTH_MODE=disabled), a timeout on every request, and one line for each way a
 `Unreachable` (no answer) or `Refused` (the server answered no: authentication). Both are
 `UserError`s, so a command prints one line and exits 2, and a scheduler tick records them.
 
+A job server that answers is not yet one that runs jobs: Ray hands a submitted job to the job
+agent of the head node (a process of the head's dashboard agent), which registers with the cluster
+only once its HTTP server is listening. Until then, and for good when that server cannot bind its
+port (Ray's fixed 52365 by default, which any other Ray on the same machine may already hold: the
+agent then stays alive without it), every submit is refused with "No available agent". Ray has no
+readiness call for it; `wait_for_agent` asks the state API for the head's log files, which Ray
+lists through that same registration, so the wait ends exactly when a submit can succeed, and
+when it runs out says which log on the head tells why.
+
 `follow` streams a job's log until the job ends. The job's status decides the end, not the log
 stream: a dropped stream is reopened (skipping what was already written) for as long as the job
 runs, and only contact lost for LOST_CONTACT_S ends the wait early.
@@ -27,6 +36,8 @@ REQUEST_TIMEOUT_S = 60.0  # seconds to connect, and again for each wait on the s
 POLL_S = 5.0  # seconds between status checks while following a job
 DRAIN_S = 30.0  # seconds a finished job's log stream gets to deliver its last lines
 LOST_CONTACT_S = 900.0  # `--wait` gives up after this long without one answer from the server
+AGENT_WAIT_S = 60.0  # default wait for the head's job agent (`--agent-wait`); a fresh head needs ~5-20 s
+AGENT_POLL_S = 1.0  # seconds between readiness checks
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 TOKEN_HELP = ("set RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on the head node prints it), "
@@ -43,6 +54,11 @@ class Unreachable(ClusterError):
 
 class Refused(ClusterError):
     """The server answered and refused: its token authentication did not accept us."""
+
+
+class AgentNotReady(ClusterError):
+    """The job server answers, but the head's job agent, which runs submitted jobs, has not
+    registered within the wait. Nothing was submitted."""
 
 
 def resolve_address(address: str | None) -> str:
@@ -130,6 +146,60 @@ def connect(address: str | None, timeout_s: float = REQUEST_TIMEOUT_S):
         raise
     except (ConnectionError, RuntimeError) as err:  # Ray's own wording of a refused connection or version
         raise Unreachable(f"--address {redact_text(url)}: cannot reach a Ray job server ({redact_text(first_line(err))})") from None
+
+
+def _get_json(client, endpoint: str):
+    """GET a dashboard endpoint: its JSON, or None when the server answered with an error status."""
+    response = client._do_request("GET", endpoint)
+    return response.json() if response.status_code == 200 else None
+
+
+def head_node_id(client) -> str | None:
+    """The head node's id, from the state API (None while the dashboard cannot list nodes yet)."""
+    found = _get_json(client, "/api/v0/nodes?filter_keys=is_head_node&filter_predicates=%3D&filter_values=True"
+                              "&limit=1&detail=1")
+    nodes = ((found or {}).get("data") or {}).get("result", {}).get("result") or []
+    return nodes[0]["node_id"] if nodes else None
+
+
+def agent_ready(client) -> bool:
+    """Whether the head's job agent has registered, so that a submit now is handed to it: the
+    state API lists a node's log files through the agent the cluster has registered for that
+    node, the registration the job server looks up to submit a job."""
+    head = head_node_id(client)
+    return head is not None and _get_json(client, f"/api/v0/logs?node_id={head}&glob=dashboard_agent.log") is not None
+
+
+def agent_log(client) -> str:
+    """Where the head keeps its job agent's log, as precise as the head can say."""
+    try:
+        head = head_node_id(client)
+        raylet = ((_get_json(client, f"/nodes/{head}") or {}).get("data") or {}).get("detail", {}).get("raylet", {}) \
+            if head else {}
+    except (ClusterError, ValueError):
+        raylet = {}
+    if raylet.get("sessionDir"):
+        return f"{raylet['sessionDir']}/logs/dashboard_agent.log on the head node"
+    return "logs/dashboard_agent.log in the head node's Ray session folder (/tmp/ray/session_latest by default)"
+
+
+def wait_for_agent(client, wait_s: float = AGENT_WAIT_S, *, poll_s: float = AGENT_POLL_S) -> float:
+    """Return once the head's job agent is ready (the seconds it took); AgentNotReady after
+    `wait_s`, naming the agent's log on the head. A job server that does not answer raises
+    Unreachable or Refused as every call does."""
+    start = time.monotonic()
+    while not agent_ready(client):
+        if time.monotonic() - start >= wait_s:
+            raise agent_not_ready(client, wait_s)
+        time.sleep(poll_s)
+    return time.monotonic() - start
+
+
+def agent_not_ready(client, wait_s: float) -> AgentNotReady:
+    return AgentNotReady(
+        f"--address {redact_text(client._address)}: the Ray job server answers, but its head node's job agent is "
+        f"not ready after {wait_s:g} s, so no job can be submitted; see {agent_log(client)} (an agent whose HTTP "
+        f"port, 52365 by default, is held by another process never gets ready); --agent-wait SECONDS waits longer")
 
 
 def _unknown(err: RuntimeError) -> bool:

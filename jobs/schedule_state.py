@@ -113,26 +113,29 @@ def _line(err: BaseException) -> str:
 
 
 def tick(schedules: list[sch.Schedule], state_path: Path, now: dt.datetime, connect=None,
-         environ=os.environ) -> list[str]:
+         environ=os.environ, agent_wait_s: float | None = None) -> list[str]:
     """One pass over all schedules; returns the lines to print. `connect(address)` gives a
     JobSubmissionClient (default jobs.cluster.connect). A schedule whose cluster cannot be asked
     keeps its slot and jobs as they were, with the reason in `last_error`: the next tick that
-    reaches the cluster handles the slot."""
+    reaches the cluster handles the slot. A submit waits up to `agent_wait_s` (default
+    jobs.cluster.AGENT_WAIT_S) for the head's job agent."""
     from jobs import cluster
 
     connect = connect or cluster.connect
+    agent_wait_s = cluster.AGENT_WAIT_S if agent_wait_s is None else agent_wait_s
     lines = []
     try:
         with locked(state_path):
             states = load_state(state_path)
             for s in schedules:
-                lines += tick_one(s, states, state_path, now, connect, environ)
+                lines += tick_one(s, states, state_path, now, connect, environ, agent_wait_s)
     except StateBusy as err:
         lines.append(str(err))
     return [redact_text(line) for line in lines]
 
 
-def tick_one(s: sch.Schedule, states: dict, state_path: Path, now: dt.datetime, connect, environ) -> list[str]:
+def tick_one(s: sch.Schedule, states: dict, state_path: Path, now: dt.datetime, connect, environ,
+             agent_wait_s: float) -> list[str]:
     from jobs import cluster
 
     st = states.get(s.name, sch.ScheduleState())
@@ -155,7 +158,7 @@ def tick_one(s: sch.Schedule, states: dict, state_path: Path, now: dt.datetime, 
     save_state(state_path, states)  # the slot is taken before the job exists (see module doc)
     lines = [f"{s.name}: {note}" for note in plan.notes]
     for rec in plan.submits:
-        line = submit_record(s, rec, client, now, environ)
+        line = submit_record(s, rec, client, now, environ, agent_wait_s)
         if rec.status == "SUBMITTING":
             plan.state.last_error, plan.state.last_error_at = line, sch.iso(now)
         lines.append(f"{s.name}: {line}")
@@ -163,7 +166,8 @@ def tick_one(s: sch.Schedule, states: dict, state_path: Path, now: dt.datetime, 
     return lines
 
 
-def submit_record(s: sch.Schedule, rec: sch.JobRecord, client, now: dt.datetime, environ=os.environ) -> str:
+def submit_record(s: sch.Schedule, rec: sch.JobRecord, client, now: dt.datetime, environ=os.environ,
+                  agent_wait_s: float | None = None) -> str:
     from jobs import cluster
     from jobs import submit as js
 
@@ -172,12 +176,15 @@ def submit_record(s: sch.Schedule, rec: sch.JobRecord, client, now: dt.datetime,
         spec = js.build_spec(s.command, args, env=dict(s.env), submission_id=rec.submission_id, environ=environ,
                              metadata={"schedule": s.name, "slot": rec.slot, "attempt": rec.attempt,
                                        "trigger_reason": rec.reason}, **extra)
-        js.submit(client, spec)
-        rec.status = "PENDING"
+        js.submit(client, spec, cluster.AGENT_WAIT_S if agent_wait_s is None else agent_wait_s)
+        rec.status, rec.message = "PENDING", ""
         return f"submitted {rec.submission_id}"
     except js.JobExists:
         rec.status = "PENDING"  # a previous tick got it there; its status is read on the next tick
         return f"{rec.submission_id} already on the cluster; counted as submitted"
+    except cluster.AgentNotReady as err:  # refused before it was created: stays SUBMITTING, sent again next tick
+        rec.message = f"not submitted: {_line(err)}"
+        return f"{rec.submission_id} not submitted, the next tick sends it again: {_line(err)}"
     except cluster.ClusterError as err:  # no answer: it may or may not have landed. Stays SUBMITTING.
         return f"submit of {rec.submission_id} not confirmed ({_line(err)}); the next tick checks and resends it"
     except (UserError, RuntimeError, OSError) as err:  # the spec or the server said no

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from alexnet.provenance import COMMIT_ENV, git_commit
 from alexnet.redaction import is_secret, redact, redact_env, redact_text
-from jobs.cluster import job_info
+from jobs.cluster import AGENT_WAIT_S, agent_not_ready, job_info, wait_for_agent
 from pipelines.errors import UserError
 
 COMMANDS = ("train", "ingest", "predict", "evaluate")
@@ -45,7 +45,6 @@ URI_OPTIONS = {"--tracking-uri": "MLFLOW_TRACKING_URI"}
 URI_COMMANDS = ("train", "predict", "evaluate")
 
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}  # `--wait` and `jobs status` exit codes
-AGENT_WAIT_S = 60.0  # how long a submit waits for a freshly started head's job agent
 
 
 class JobExists(Exception):
@@ -178,8 +177,11 @@ def describe(spec: JobSpec, address: str) -> str:
 
 
 def submit(client, spec: JobSpec, agent_wait_s: float = AGENT_WAIT_S) -> str:
-    """Submit; raises JobExists when the id is taken (so retried submits are idempotent)."""
+    """Submit once the head's job agent is ready (jobs.cluster.wait_for_agent, at most
+    `agent_wait_s`); raises JobExists when the id is taken (so retried submits are idempotent)
+    and AgentNotReady when the agent never got ready (nothing was submitted)."""
     deadline = time.monotonic() + agent_wait_s
+    wait_for_agent(client, agent_wait_s)
     while True:
         try:
             return client.submit_job(entrypoint=spec.entrypoint, submission_id=spec.submission_id,
@@ -187,10 +189,13 @@ def submit(client, spec: JobSpec, agent_wait_s: float = AGENT_WAIT_S) -> str:
         except RuntimeError as err:
             if "already exists" in str(err):
                 raise JobExists(spec.submission_id) from None
-            # A head that has just started answers before its job agent is up, and says to retry.
-            if "No available agent" not in str(err) or time.monotonic() > deadline:
+            if "No available agent" not in str(err):
                 raise
-            time.sleep(2)
+            # The agent was ready a moment ago (a restarting head): the job was not created, so
+            # sending it again is safe, within the same wait.
+            if time.monotonic() >= deadline:
+                raise agent_not_ready(client, agent_wait_s) from None
+            wait_for_agent(client, max(0.0, deadline - time.monotonic()))
 
 
 def outcome_line(client, submission_id: str, status: str) -> str:

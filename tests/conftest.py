@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.ray_cluster import START_TIMEOUT_S, RayCluster
 from tests.support import new_bucket
 
 VENV_BIN = Path(sys.executable).parent
@@ -40,53 +39,54 @@ for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_CON
 _RAY: dict = {}
 
 
+# Ray's default, token authentication, stays on for every Ray the tests start. RAY_AUTH_MODE is
+# set here, before any test module imports ray: Ray reads the mode when it loads, and a driver
+# joining a cluster by its address (this process) does not turn token auth on by itself. The
+# session's own token comes from the fixture below; a user's token never leaks in.
+for _name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+    os.environ.pop(_name, None)
+os.environ["RAY_AUTH_MODE"] = "token"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def ray_auth_token(tmp_path_factory) -> Path:
-    """Ray's default, token authentication, stays on for every Ray the tests start. The session
-    has its own token in a file named by RAY_AUTH_TOKEN_PATH (Ray's variable), so no test reads or
-    writes the user's ~/.ray/auth_token, and every process started later (job drivers, CLI
-    subprocesses, a driver's own local Ray) finds it. Only a test about auth being absent sets
+    """The session's token, in a file named by RAY_AUTH_TOKEN_PATH (Ray's variable), so no test
+    reads or writes the user's ~/.ray/auth_token, and every process started later (job drivers,
+    CLI subprocesses, a driver's own local Ray) finds it. Only a test about auth being absent sets
     RAY_AUTH_MODE=disabled, in its own subprocess's environment."""
     from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
 
     path = tmp_path_factory.mktemp("ray-auth") / "auth_token"
     path.write_text(generate_new_authentication_token())
     path.chmod(0o600)
-    saved = {k: os.environ.pop(k, None) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
-    yield path
-    for key, value in saved.items():
-        os.environ.pop(key, None)
-        if value is not None:
-            os.environ[key] = value
-
-
-def auth_header(token_file: Path) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+    return path
 
 
 @pytest.fixture(scope="session")
 def ray_local(ray_auth_token):
-    """One real local Ray for the session, on 2 CPUs like the CI machine, with its dashboard
-    (and so the job server) on a free loopback port. Job drivers inherit this environment, so
-    `python` there must be this virtualenv's."""
+    """One real Ray for the session, on 2 CPUs like the CI machine: a head started with `ray start
+    --head` (tests/ray_cluster.py), as users start one, with its dashboard (and so the job server)
+    on a free loopback port, and this process connected to it as a driver. Every port of it is
+    its own, the job agent's included: `ray.init()` would bind the agent to Ray's fixed 52365,
+    which any other Ray on this machine (a demo, a CLI test's local Ray, a user's head) may hold,
+    and an agent that cannot bind stays up without its HTTP server, so no job could be submitted
+    for the whole session. Job drivers and workers inherit this environment (the cluster's
+    processes copy it), so `python` there is this virtualenv's."""
     import ray
     import ray.data
 
     os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ.pop("RAY_ADDRESS", None)
-    # A temp dir of its own, naming this cluster as its current one: the job server points each
-    # job's driver at the "current" cluster of its temp dir, and in the shared /tmp/ray that is
-    # whichever cluster another `ray start` on this machine registered last.
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
-    ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
-                   logging_level="ERROR", log_to_driver=False, _temp_dir=temp_dir)
-    ray._private.utils.write_ray_address(ctx.address_info["gcs_address"], temp_dir)
-    _RAY.update(dashboard_url=ctx.dashboard_url, session_dir=ctx.address_info["session_dir"])
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    cluster = RayCluster.start(head_cpus=2, object_store_bytes=None)
+    try:
+        ctx = ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+        _RAY.update(dashboard=cluster.dashboard, session_dir=ctx.address_info["session_dir"])
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield ray
+    finally:
+        ray.shutdown()
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -141,24 +141,16 @@ def s3_bucket(s3_server) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_head(ray_local, ray_auth_token) -> str:
-    """The Ray Jobs API server (the dashboard) of the session's local Ray, on loopback: jobs
-    submitted here run as they would on a cluster, in their own driver process with the
-    project as working_dir. One cluster for the whole session rather than a second `ray start`
-    beside it: half the daemons on a 2-core machine, and one thing fewer that can fail to start."""
-    address = f"http://{_RAY['dashboard_url']}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            request = urllib.request.Request(f"{address}/api/version", headers=auth_header(ray_auth_token))
-            urllib.request.urlopen(request, timeout=5).read()
-            return address
-        except OSError as err:
-            if time.monotonic() > deadline:
-                logs = Path(_RAY["session_dir"]) / "logs" / "dashboard.log"
-                tail = "\n".join(logs.read_text(errors="replace").splitlines()[-25:]) if logs.is_file() else ""
-                raise RuntimeError(f"the Ray job server at {address} did not answer: {err}\n{tail}") from err
-            time.sleep(0.5)
+def ray_head(ray_local) -> str:
+    """The Ray Jobs API server (the dashboard) of the session's Ray, on loopback, once its head's
+    job agent is ready, waited for as `alexnet submit` waits (jobs.cluster.wait_for_agent): jobs
+    submitted here run as they would on a cluster, in their own driver process with the project
+    as working_dir."""
+    from jobs import cluster
+
+    address = _RAY["dashboard"]
+    cluster.wait_for_agent(cluster.connect(address), START_TIMEOUT_S)
+    return address
 
 
 @pytest.fixture(scope="session")

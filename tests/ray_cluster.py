@@ -76,20 +76,25 @@ class RayCluster:
     env: dict
     gcs_port: int
     dashboard_port: int
+    object_store_bytes: int | None = 150_000_000  # per node; None: Ray's default (30% of RAM)
+    agent_port: int = 0  # the job agent's HTTP port; 0: one the OS picks
     head: Node | None = None
     workers: list[Node] = field(default_factory=list)
 
     @classmethod
-    def start(cls, head_cpus: int = 0) -> "RayCluster":
+    def start(cls, head_cpus: int = 0, object_store_bytes: int | None = 150_000_000,
+              agent_port: int = 0) -> "RayCluster":
         """A head node (GCS, dashboard/job server, and `head_cpus` CPUs: 0 keeps every task and
-        train worker off the driver's node) on free loopback ports."""
+        train worker off the driver's node) on free loopback ports. Its job agent binds a port
+        the OS picks unless `agent_port` names one (Ray's default, a fixed 52365, is shared by
+        every Ray on the machine)."""
         root = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
         gcs_port = free_port()
         # RAY_ADDRESS in every process of the cluster: Ray's own actors that look "their" cluster
         # up (Ray Train's PlacementGroupCleaner) would otherwise find several on this machine.
         env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **auth_env(root),
                "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}
-        cluster = cls(root, env, gcs_port, free_port())
+        cluster = cls(root, env, gcs_port, free_port(), object_store_bytes, agent_port)
         try:
             cluster.head = cluster._ray_start(
                 "--head", f"--port={cluster.gcs_port}", f"--num-cpus={head_cpus}", "--include-dashboard=true",
@@ -153,8 +158,9 @@ class RayCluster:
     def _ray_start(self, *args: str) -> Node:
         port = free_port()
         cmd = ["ray", "start", *args, f"--node-manager-port={port}", f"--temp-dir={self.root}",
-               f"--dashboard-agent-listen-port={free_port()}", "--object-store-memory=150000000",
-               "--disable-usage-stats"]
+               f"--dashboard-agent-listen-port={self.agent_port}", "--disable-usage-stats"]
+        if self.object_store_bytes:
+            cmd.append(f"--object-store-memory={self.object_store_bytes}")
         proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)  # its daemons keep this process group
         node = Node(port=port, pgid=proc.pid)

@@ -193,6 +193,75 @@ def test_following_a_job_survives_a_dropped_connection(ray_head, capsys):
     assert cluster.job_status(client, sid) == "SUCCEEDED"
 
 
+@pytest.fixture
+def agentless_head():
+    """A real head whose job agent cannot bind its HTTP port, because another process on the
+    machine holds it (as a second Ray holds Ray's default 52365): the job server answers, and
+    its agent never registers."""
+    import socket
+
+    from tests.ray_cluster import RayCluster
+
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Ray's agent binds
+    holder.bind(("0.0.0.0", 0))
+    holder.listen()
+    head = RayCluster.start(head_cpus=0, agent_port=holder.getsockname()[1])
+    try:
+        yield head
+    finally:
+        head.stop()
+        holder.close()
+
+
+@pytest.mark.fault("a head whose job agent cannot bind its port (another process holds it): `submit`, and a "
+                   "schedule tick", inputs=2,
+                   outcome="`submit` exits 2 after --agent-wait, one line naming the agent's log on the head, which "
+                           "says why; the tick keeps the job SUBMITTING (not submitted) with the reason, and a later "
+                           "tick that reaches a ready head submits it once")
+def test_a_head_whose_job_agent_never_starts_is_one_line_and_a_retryable_slot(agentless_head, ray_head, tmp_path,
+                                                                               capsys):
+    import json
+
+    import yaml
+
+    client = cluster.connect(agentless_head.dashboard)
+    assert not cluster.agent_ready(client)
+    start = time.monotonic()
+    assert main(["submit", "ingest", "--address", agentless_head.dashboard, "--agent-wait", "5", "--",
+                 str(tmp_path / "missing"), str(tmp_path / "ds")]) == 2
+    took = time.monotonic() - start
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "job agent is not ready after 5 s" in err and took < 60, (took, err)
+    log = Path(re.search(r"see (\S+dashboard_agent\.log) on the head node", err).group(1))
+    assert "address already in use" in log.read_text()  # the log it names says why
+    assert client.list_jobs() == []  # nothing was submitted
+
+    schedules = tmp_path / "schedules.yaml"
+
+    def write(address: str) -> None:
+        schedules.write_text(yaml.safe_dump({"schedules": [{"name": "agentless", "cron": "0 2 * * *", "job": {
+            "command": "ingest", "address": address, "args": [str(tmp_path / "missing"), str(tmp_path / "ds")]}}]}))
+
+    def job() -> dict:
+        state = json.loads(schedules.with_name("schedules.state.json").read_text())["schedules"]["agentless"]
+        return state, state["jobs"][-1]
+
+    write(agentless_head.dashboard)
+    now = "2026-01-05T02:03:00+00:00"
+    assert main(["schedule", "tick", "--file", str(schedules), "--now", now, "--agent-wait", "3"]) == 0
+    assert "not submitted, the next tick sends it again" in capsys.readouterr().out
+    state, record = job()
+    assert record["status"] == "SUBMITTING" and "job agent is not ready" in state["last_error"]
+    write(ray_head)  # the head is mended (here: another, ready head at the schedule's address)
+    assert main(["schedule", "tick", "--file", str(schedules), "--now", now]) == 0
+    assert f"submitted {record['submission_id']}" in capsys.readouterr().out
+    state, resent = job()
+    assert resent["submission_id"] == record["submission_id"] and resent["status"] == "PENDING"
+    assert len(state["jobs"]) == 1 and state["last_error"] == ""
+    assert cluster.job_status(cluster.connect(ray_head), record["submission_id"]) is not None
+
+
 def test_submit_gives_the_driver_time_to_end_its_runs_when_stopped():
     spec = js.build_spec("ingest", ["/src", "/dest"], environ={})
     assert int(spec.runtime_env()["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"]) >= 30

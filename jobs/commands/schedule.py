@@ -27,6 +27,10 @@ def add_parser(sub) -> None:
         a.add_argument("--file", required=True, help="schedule file (YAML)")
         a.add_argument("--state", help="state file (default: <file stem>.state.json next to --file)")
         a.add_argument("--now", help="act as if it were this ISO time (replays and tests), e.g. 2026-01-05T02:00:00+00:00")
+        if name != "status":
+            a.add_argument("--agent-wait", type=float, default=None, metavar="SECONDS",
+                           help="how long a submit waits for the head's job agent to be ready (default 60); "
+                                "a slot it times out on is sent again by the next tick")
         if name == "run":
             a.add_argument("--interval", type=float, default=30.0, help="seconds between ticks (default 30)")
     p.set_defaults(func=run)
@@ -45,6 +49,7 @@ def _now(text: str | None) -> dt.datetime:
 
 
 def run(args) -> int:
+    from jobs.cluster import AGENT_WAIT_S
     from jobs.schedule import load_schedules
     from jobs.schedule_state import default_state_path, status_lines, tick
     from pipelines.errors import UserError
@@ -54,8 +59,10 @@ def run(args) -> int:
     if args.action == "status":
         print("\n".join(status_lines(schedules, state, _now(args.now))))
         return 0
+    agent_wait_s = AGENT_WAIT_S if args.agent_wait is None else args.agent_wait
     if args.action == "tick":
-        print("\n".join(tick(schedules, state, _now(args.now))) or "nothing due", flush=True)
+        print("\n".join(tick(schedules, state, _now(args.now), agent_wait_s=agent_wait_s)) or "nothing due",
+              flush=True)
         return 0
     while True:  # `run`: re-read the file each time so edits apply; a broken edit keeps the last good one
         try:
@@ -63,7 +70,7 @@ def run(args) -> int:
         except UserError as err:
             print(f"schedule file not reloaded: {err}", flush=True)
         try:
-            lines = tick(schedules, state, _now(args.now))
+            lines = tick(schedules, state, _now(args.now), agent_wait_s=agent_wait_s)
         except UserError as err:  # e.g. an unreadable state file: said each tick until fixed
             lines = [f"tick failed: {err}"]
         except Exception:  # a bug: its traceback, and the loop goes on (the next tick retries)

@@ -27,6 +27,9 @@ def _options(p) -> None:
     p.add_argument("--pip", action="append", default=[], metavar="REQ", help="extra pip requirement for this job (repeatable)")
     p.add_argument("--submission-id", help="job id (default: alexnet-COMMAND-RUNNAME-<hash>); an existing id is refused")
     p.add_argument("--wait", action="store_true", help="stream the log until the job ends; exit with its outcome")
+    p.add_argument("--agent-wait", type=float, default=None, metavar="SECONDS",
+                   help="how long to wait for the head's job agent to be ready (default 60; a fresh head "
+                        "needs 5-20 s)")
 
 
 def add_parser(sub) -> None:
@@ -68,7 +71,7 @@ def run(args) -> int:
     client = cluster.connect(args.address)
     print(js.describe(spec, cluster.resolve_address(args.address)), flush=True)
     try:
-        job_id = js.submit(client, spec)
+        job_id = js.submit(client, spec, cluster.AGENT_WAIT_S if args.agent_wait is None else args.agent_wait)
     except js.JobExists:
         raise UserError(f"--submission-id {spec.submission_id}: a job with this id already exists") from None
     except cluster.Unreachable as err:  # the request may have landed before the answer was lost
