@@ -33,6 +33,12 @@ class DataSection:
     decode: str = "cpu"  # cpu: Ray Data's CPU workers decode + augment | gpu: train workers do it on their GPU (nvJPEG)
     seed: int = 0  # seeds augmentation, shuffling and init; same seed -> same run
 
+    @property
+    def augmentation(self) -> dict:
+        """The training augmentation's settings, as pipelines.read.loader.train_preset takes them."""
+        return {"crop": self.crop, "resize": self.resize, "pca_lighting": self.pca_lighting, "flip": self.flip,
+                "random_resized_crop": self.random_resized_crop}
+
 
 @dataclass(frozen=True)
 class ModelSection:

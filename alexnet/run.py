@@ -1,14 +1,15 @@
 """One training run, tracked and registered: what `alexnet train` and `alexnet demo` do, in one call.
 
-    open the MLflow run -> record its origin (config, dataset as its input, code version)
-    -> fit (alexnet.fit) -> evaluate the best checkpoint -> stage the model on local disk
-    -> report artifacts -> log, register and alias the model (alexnet.publish) -> close the run
+    check the inputs (no Ray yet) -> start Ray (the caller's session) -> check where checkpoints
+    and metrics go, find where the run resumes -> open the MLflow run, record its origin -> fit
+    (alexnet.train) -> score the best checkpoint (alexnet.serve) -> stage the model on local disk
+    with its report -> log, register and alias it (alexnet.track) -> close the run
 
 The run is looked up by name first: re-running a run name that Ray resumes from its checkpoints
 continues the same MLflow run. Once training has succeeded, nothing the tracking store does
 loses the model, its report or marks the run FAILED: a model that cannot be registered waits in
 `model_dir`, with its report, for `alexnet register`, which the error names; a report that
-cannot be made is one line and a `report.error` tag. Ray is started by the caller (jobs/).
+cannot be made is one line and a `report.error` tag.
 """
 
 from __future__ import annotations
@@ -17,23 +18,37 @@ import datetime
 import platform
 import secrets
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+import mlflow
+import ray
+import torch
 
 from alexnet.config import Config, flatten, to_yaml
-from alexnet.provenance import git_commit
-from alexnet.publish import PENDING_TAG, REPORT_DIR, NotPublished, publish, stage
-from alexnet.registry import Evaluation
-from alexnet.shared_storage import check_storage
-from alexnet.tracking import (TrackingUnavailable, client_for, explain, is_local_store, is_tracking_error, log_dataset,
-                              log_params, redact, set_tags, short, tracked_run)
-from alexnet.fit import check_inputs, fit, load_classifier, resume_point
+from alexnet.serve.model_files import ModelFileError, from_training_state
+from alexnet.serve.predict import evaluate
+from alexnet.serve.val_report import write_report
+from alexnet.track.models import load_model
+from alexnet.track.provenance import git_commit
+from alexnet.track.publish import PENDING_TAG, REPORT_DIR, NotPublished, publish, stage
+from alexnet.track.registry import Evaluation
+from alexnet.track.tracking import (TrackingUnavailable, client_for, explain, is_local_store, is_tracking_error,
+                                    log_dataset, log_params, set_tags, tracked_run)
+from alexnet.train import checkpoint
+from alexnet.train.fit import Outcome, check_inputs, fit, resume_point
+from alexnet.train.shared_folder import check_storage
 from pipelines.dataset import DatasetInfo
-from pipelines.errors import UserError
+from pipelines.errors import UserError, first_line
+from pipelines.read.augment import TrainPreset
+from pipelines.read.loader import scale_note, stored_side, train_preset
+from pipelines.redaction import redact
 
 
 @dataclass(frozen=True)
-class RunReport:
+class RunResult:
     run_id: str
     run_name: str
     val_top1: float  # the best epoch's, as the training loop measured it
@@ -54,31 +69,38 @@ def new_run_name(prefix: str) -> str:
 
 def run_training(cfg: Config, *, tracking_uri: str, storage: str, run_name: str, model_dir: str | Path,
                  experiment: str = "alexnet", artifact_location: str | None = None, tags: dict | None = None,
-                 resume_from: str | None = None, source: str = "alexnet train") -> RunReport:
+                 resume_from: str | None = None, source: str = "alexnet train",
+                 ray_session: Callable[[], AbstractContextManager] = nullcontext) -> RunResult:
     """Train `cfg` as MLflow run `run_name` and register the best checkpoint as cfg.run.register_as.
     model_dir: where the model waits, on local disk, until it is registered. source: the command
-    that started the run (the MLflow tag mlflow.source.name)."""
+    that started the run (the MLflow tag mlflow.source.name). ray_session: enters Ray (jobs.runtime),
+    once the inputs that need no Ray have been checked."""
     info = check_inputs(cfg)
     check_register_as(cfg.run.register_as)
-    check_tracking_store(tracking_uri, alive_nodes())
-    check_storage(storage)  # a node-local --storage on a multi-node cluster: one line now, not after an epoch
-    # An incompatible checkpoint is refused now, before an MLflow run exists that would only record the refusal.
-    resume_point(cfg, storage, run_name, resume_from, num_classes=info.num_classes)
-    print("resolved config:\n" + to_yaml(cfg, compact=True), flush=True)
-    tags = {"trigger": "manual", **(tags or {}), "ray.run_name": run_name}
-    tags.update(source_tags(source, job="ray.job_submission_id" in tags))
-    with tracked_run(tracking_uri, experiment=experiment, run_name=run_name, tags=tags,
-                     artifact_location=artifact_location) as run_id:
-        record_origin(tracking_uri, run_id, cfg, info)
-        outcome = fit(cfg, info, run_name=run_name, storage=storage, tracking_uri=tracking_uri, run_id=run_id,
-                      resume_from=resume_from)
-        published, pending = after_training(cfg, info, outcome, tracking_uri=tracking_uri, run_id=run_id,
-                                            model_dir=Path(model_dir))
+    preset = train_preset(info, **cfg.data.augmentation)
+    note = scale_note(stored_side(info), cfg.data.resize)
+    if note:
+        print(note, flush=True)
+    with ray_session():
+        check_tracking_store(tracking_uri, alive_nodes())
+        check_storage(storage)  # a node-local --storage on a multi-node cluster: one line now, not after an epoch
+        # An incompatible checkpoint is refused now, before an MLflow run exists that would only record the refusal.
+        resume = resume_point(cfg, storage, run_name, resume_from, num_classes=info.num_classes)
+        print("resolved config:\n" + to_yaml(cfg, compact=True), flush=True)
+        tags = {"trigger": "manual", **(tags or {}), "ray.run_name": run_name}
+        tags.update(source_tags(source, job="ray.job_submission_id" in tags))
+        with tracked_run(tracking_uri, experiment=experiment, run_name=run_name, tags=tags,
+                         artifact_location=artifact_location) as run_id:
+            record_origin(tracking_uri, run_id, cfg, info)
+            outcome = fit(cfg, info, preset, run_name=run_name, storage=storage, tracking_uri=tracking_uri,
+                          run_id=run_id, resume=resume)
+            published, pending = after_training(cfg, info, preset, outcome, tracking_uri=tracking_uri, run_id=run_id,
+                                                model_dir=Path(model_dir))
     if pending is not None:
         raise TrackingUnavailable(f"training finished (best val top-1 {outcome.val_top1:.4f}, checkpoint "
                                   f"{outcome.best_checkpoint}) but the model is not registered: {pending}")
     registered = f"models:/{cfg.run.register_as}/{published.version}" if published.version else ""
-    return RunReport(run_id, run_name, outcome.val_top1, 1.0 / info.num_classes, outcome.epochs, outcome.best_epoch,
+    return RunResult(run_id, run_name, outcome.val_top1, 1.0 / info.num_classes, outcome.epochs, outcome.best_epoch,
                      outcome.best_checkpoint, published.model_uri, registered, published.alias, published.decision)
 
 
@@ -109,16 +131,13 @@ def record_origin(tracking_uri: str, run_id: str, cfg: Config, info: DatasetInfo
         raise TrackingUnavailable(explain(err, tracking_uri)) from err
 
 
-def after_training(cfg: Config, info: DatasetInfo, outcome, *, tracking_uri: str, run_id: str,
-                   model_dir: Path) -> tuple:
+def after_training(cfg: Config, info: DatasetInfo, preset: TrainPreset, outcome: Outcome, *, tracking_uri: str,
+                   run_id: str, model_dir: Path) -> tuple:
     """(Published, None), or (None, why) when the store kept the model from being registered; the
     model then waits in model_dir. Tracking failures never raise from here: training succeeded."""
-    from alexnet import report
-    from alexnet.predict import evaluate
-
-    classifier, _ = load_classifier(outcome.best_checkpoint, info)
+    classifier = from_training_state(checkpoint.load(outcome.best_checkpoint), info)
     print(f"scoring the best checkpoint (epoch {outcome.best_epoch + 1}) on the val split", flush=True)
-    # The number the champion rule compares: alexnet.predict.evaluate, the same function that re-scores a champion.
+    # The number the champion rule compares: alexnet.serve.predict.evaluate, the same function that re-scores a champion.
     scores, labels, preds = evaluate(classifier, info, ten_crop=cfg.data.ten_crop_eval)
     evaluation = Evaluation(info.version, cfg.data.ten_crop_eval, scores.top1, scores.top5, scores.images)
     folder = stage(classifier, model_dir, name=outcome.run_name, run_id=run_id, register_as=cfg.run.register_as,
@@ -128,7 +147,8 @@ def after_training(cfg: Config, info: DatasetInfo, outcome, *, tracking_uri: str
         if outcome.resumed_from_epoch is not None:
             _quietly(lambda: set_tags(tracking_uri, run_id, {"resumed_from_epoch": outcome.resumed_from_epoch}),
                      "the resumed_from_epoch tag", tracking_uri, run_id)
-        _quietly(lambda: report.write_report(folder / REPORT_DIR, cfg, info, scores, labels, preds),
+        _quietly(lambda: write_report(folder / REPORT_DIR, info, preset, scores, labels, preds,
+                                      ten_crop=cfg.data.ten_crop_eval),
                  "the val report", tracking_uri, run_id)  # uploaded by publish, with the model
         published = publish(folder, tracking_uri, rescore=rescorer(tracking_uri, cfg.run.register_as, info,
                                                                      ten_crop=cfg.data.ten_crop_eval))
@@ -151,19 +171,16 @@ def _quietly(step, what: str, tracking_uri: str, run_id: str, *, tag: bool = Tru
     try:
         step()
     except Exception as err:
-        print(f"[report] {what} not logged ({short(err)}); the model is not affected", file=sys.stderr, flush=True)
+        print(f"[report] {what} not logged ({first_line(err)}); the model is not affected", file=sys.stderr, flush=True)
         if tag:
             try:
-                set_tags(tracking_uri, run_id, {"report.error": f"{what}: {short(err)}"[:500]})
+                set_tags(tracking_uri, run_id, {"report.error": f"{what}: {first_line(err)}"[:500]})
             except Exception:  # the store is down: the line above said what is missing
                 pass
 
 
 def rescorer(tracking_uri: str, name: str, info: DatasetInfo, *, ten_crop: bool):
     """champion version -> (its top-1 on `info`'s val split, scored like the new version, or None, why not)."""
-    from alexnet.export import ModelFileError
-    from alexnet.predict import evaluate, load_model
-
     def rescore(version: str) -> tuple[float | None, str]:
         label = f"champion {name} v{version}"
         try:
@@ -180,10 +197,6 @@ def rescorer(tracking_uri: str, name: str, info: DatasetInfo, *, ten_crop: bool)
 
 
 def params(cfg: Config, info: DatasetInfo) -> dict:
-    import mlflow
-    import ray
-    import torch
-
     resources = ray.cluster_resources() if ray.is_initialized() else {}
     values = {
         **flatten(cfg),
@@ -206,8 +219,6 @@ def params(cfg: Config, info: DatasetInfo) -> dict:
 
 
 def alive_nodes() -> int:
-    import ray
-
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
@@ -215,7 +226,7 @@ def check_tracking_store(tracking_uri: str, nodes: int) -> None:
     """A SQLite/file store is one machine's file: rank 0 on another node cannot write to it."""
     if nodes > 1 and is_local_store(tracking_uri):
         raise UserError(
-            f"--tracking-uri {redact('uri', tracking_uri)} is a local file store, but the Ray cluster has {nodes} "
+            f"--tracking-uri {redact(tracking_uri)} is a local file store, but the Ray cluster has {nodes} "
             f"nodes and the rank-0 worker may run on another one; start an MLflow tracking server "
             f"(mlflow server --host 0.0.0.0 ...) and pass --tracking-uri http://HOST:PORT")
 

@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/gpu_host_cost.py [--images 24500] [--out benchmarks/results/gpu_host_cost.json]
 
-Budget (issue 15, to feed 25,000 images/s from 16 cores): <= 0.5 ms of Ray Data CPU per image, and
+Budget (to feed 25,000 images/s from 16 cores): <= 0.5 ms of Ray Data CPU per image, and
 <= 25 us per image in the train worker's input thread.
 
 (a) Ray Data side. Generated 256 px JPEGs (benchmarks/synthetic_dataset.py) ingested with
-    pipelines.ingest; `pipelines.loader.train_dataset(..., decode_on_device=True)` with the
+    pipelines.ingest; `pipelines.read.loader.train_dataset(..., decode_on_device=True)` with the
     torchvision recipe (RandomResizedCrop 224, flip) on a local Ray with every core, consumed here
     as the train worker does (`iter_batches(batch_size=256, batch_format="pyarrow")`). One epoch
     warms up (worker start, imports); over the next, timed one, the CPU time (user + system, psutil)
@@ -14,8 +14,8 @@ Budget (issue 15, to feed 25,000 images/s from 16 cores): <= 0.5 ms of Ray Data 
     Arrow blocks), Ray's daemons (raylet, GCS, ...) and this process (the batch iterator, which
     runs in the train worker's process in a real run). Each epoch is one Ray Data execution, its
     start-up included.
-(b) The train worker's input thread: alexnet.device_input.DeviceFeeder running
-    pipelines.device_augment.augment_on_device over Arrow batches of the same pipeline (copied
+(b) The train worker's input thread: alexnet.train.device_input.DeviceFeeder running
+    pipelines.read.device_augment.augment_on_device over Arrow batches of the same pipeline (copied
     into this process), timed by the thread's own CPU clock (`time.thread_time`). The device work
     is stubbed, since on a GPU it runs on the device: the feeder runs on the "meta" device, where
     nothing is decoded (each image's output is allocated at its stored size) and torch ops only
@@ -114,8 +114,8 @@ def plan_cost(info, preset) -> dict:
     """plan_batch alone on a stored batch (numpy, as the map tasks call it): us per image."""
     import pyarrow.parquet as pq
 
-    from pipelines.device_augment import plan_batch
-    from pipelines.loader import COLUMNS
+    from pipelines.read.device_augment import plan_batch
+    from pipelines.read.loader import COLUMNS
 
     table = pq.ParquetFile(info.shard_paths("train")[0]).read_row_group(0, columns=COLUMNS).slice(0, 128)
     batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}
@@ -138,10 +138,10 @@ def _owned(table):
     return pa.ipc.open_stream(sink.getvalue()).read_all()
 
 
-def _feed(batches: list, preset, device: str) -> "FeederStats":
+def _feed(batches: list, preset, device: str):
     """DeviceFeeder over the batches -> its FeederStats."""
-    from alexnet.device_input import DeviceFeeder
-    from pipelines.device_augment import augment_on_device
+    from alexnet.train.device_input import DeviceFeeder
+    from pipelines.read.device_augment import augment_on_device
 
     with DeviceFeeder(iter(batches), partial(augment_on_device, preset=preset, device=device), device) as feeder:
         for _ in feeder:
@@ -174,7 +174,7 @@ def _resample_ops(batch, preset) -> Counter:
     dispatch mode around `_resample` on the CPU device (real shapes; one batch)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from pipelines import device_augment
+    from pipelines.read import device_augment
 
     counts: Counter = Counter()
 
@@ -203,7 +203,7 @@ def input_thread(batches: list, preset) -> dict:
     """The feeder thread's CPU on the meta device (see the module docstring, (b))."""
     import torch
 
-    from pipelines import device_augment
+    from pipelines.read import device_augment
 
     images = sum(b.num_rows for b in batches)
     ops = _resample_ops(batches[0], preset)
@@ -267,7 +267,7 @@ def main() -> None:
 
     from alexnet.config import load_config
     from pipelines.dataset import open_dataset
-    from pipelines.loader import train_dataset, train_preset
+    from pipelines.read.loader import train_dataset, train_preset
     from synthetic_dataset import ingested
 
     cpus = os.cpu_count() or 1
@@ -279,10 +279,8 @@ def main() -> None:
     info = open_dataset(data["path"])
     cfg = load_config("torchvision").data
     result["data"] = {**data, "train_images": info.split_size("train")}
-    preset = train_preset(info, crop=cfg.crop, resize=cfg.resize, pca_std=cfg.pca_lighting, flip=cfg.flip,
-                          random_resized_crop=cfg.random_resized_crop)
-    ds = train_dataset(info, crop=cfg.crop, resize=cfg.resize, pca_std=cfg.pca_lighting, flip=cfg.flip, seed=0,
-                       random_resized_crop=cfg.random_resized_crop, decode_on_device=True)
+    preset = train_preset(info, **cfg.augmentation)
+    ds = train_dataset(info, preset, seed=0, decode_on_device=True)
     out = Path(args.out)
 
     def save() -> None:

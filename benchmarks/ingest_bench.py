@@ -29,7 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.dataset import SCHEMA  # noqa: E402
-from pipelines.synthetic import CLASSES, render  # noqa: E402
+from alexnet.demo import CLASSES, render  # noqa: E402
 
 
 def generate(root: Path, n: int, seed: int = 0) -> None:

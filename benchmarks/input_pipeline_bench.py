@@ -4,7 +4,7 @@
 
 Measures augmented images per second delivered to the train side, over every image after the
 first --warmup ones (>= 20,000 timed images by default: 6,000 images x 5 epochs - 2,000), by
-  1. Ray Data: the real `pipelines.loader.train_dataset` stream of --epochs epochs (one execution,
+  1. Ray Data: the real `pipelines.read.loader.train_dataset` stream of --epochs epochs (one execution,
      as training runs it) on a local Ray with N CPUs, consumed with `iter_torch_batches` (uint8
      NCHW, as the train loop does);
   2. torch DataLoader: a map-style Dataset over the same Parquet files applying the same decoder
@@ -50,9 +50,9 @@ def make_dataset(root: Path, images: int, size: int, shards: int = 16) -> Path:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from pipelines.dataset import SCHEMA, DatasetInfo, load_info, write_info
+    from pipelines.dataset import INFO_FILE, SCHEMA, DatasetInfo, load_info, write_info
 
-    if (root / "dataset.json").is_file():
+    if (root / INFO_FILE).is_file():
         info = load_info(root)
         if info.split_size("train") == images and len(info.shard_paths("train")) == shards:
             return root
@@ -98,12 +98,11 @@ def _blobs(info, limit: int) -> list[bytes]:
 
 def single_process_costs(info, crop: int, limit: int = 1500) -> dict:
     """Milliseconds per image in one process: decode only, and decode + the train augmentation."""
-    from pipelines.augment import TrainPreset
+    from pipelines.read.loader import train_preset
     from pipelines.decode import decode_stored
 
     blobs = _blobs(info, limit)
-    preset = TrainPreset(crop=crop, resize=256, eigval=tuple(info.pca_eigval),
-                         eigvec=tuple(map(tuple, info.pca_eigvec)), pca_std=0.1, flip=True)
+    preset = train_preset(info, crop=crop, resize=256, pca_lighting=0.1, flip=True)
     decode_stored(blobs[0])  # imports the decoder's libraries outside the clock
     start = time.process_time()
     for data in blobs:
@@ -154,12 +153,13 @@ def ray_data_rate(info, cpus: int, epochs: int, crop: int, warmup: int) -> dict:
     import ray
     import torch
 
-    from pipelines.loader import train_dataset
+    from pipelines.read.loader import train_dataset, train_preset
 
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        ds = train_dataset(info, crop=crop, resize=256, pca_std=0.1, flip=True, seed=0, epochs=epochs)
+        preset = train_preset(info, crop=crop, resize=256, pca_lighting=0.1, flip=True)
+        ds = train_dataset(info, preset, seed=0, epochs=epochs)
         cpu = {}
         batches = (len(b["label"]) for b in ds.iter_torch_batches(batch_size=BATCH,
                                                                   dtypes={"image": torch.uint8, "label": torch.long}))
@@ -178,7 +178,7 @@ class ParquetImages:
     def __init__(self, info, crop: int):
         import pyarrow.parquet as pq
 
-        from pipelines.augment import TrainPreset
+        from pipelines.read.loader import train_preset
 
         self.blobs, self.labels, self.keys = [], [], []
         for path in info.shard_paths("train"):
@@ -186,8 +186,7 @@ class ParquetImages:
             self.blobs += t.column("image").to_pylist()
             self.labels += t.column("label").to_pylist()
             self.keys += [int(i[:15], 16) for i in t.column("id").to_pylist()]
-        self.preset = TrainPreset(crop=crop, resize=256, eigval=tuple(info.pca_eigval),
-                                  eigvec=tuple(map(tuple, info.pca_eigvec)), pca_std=0.1, flip=True)
+        self.preset = train_preset(info, crop=crop, resize=256, pca_lighting=0.1, flip=True)
         self.epoch = 0
 
     def __len__(self) -> int:

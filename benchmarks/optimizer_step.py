@@ -1,7 +1,7 @@
 """One training step of a recipe's network with torch's fused optimizer step against the default
 (foreach) one, in one run: same model, batch and threads, random inputs (no data path at all).
 
-`alexnet.train_loop.make_optimizer` uses the fused step on CPU and CUDA; this is the figure behind
+`alexnet.train.loop.make_optimizer` uses the fused step on CPU and CUDA; this is the figure behind
 that choice. Rounds alternate the two variants so drifting machine speed hits both alike; the
 median step time of each is reported with their ratio.
 

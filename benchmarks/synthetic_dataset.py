@@ -1,7 +1,7 @@
 """The benchmarks' dataset: generated JPEGs shaped like an ImageNet copy ingested at 256 px,
 ingested with the real `pipelines.ingest`, cached between runs.
 
-Images are `pipelines.synthetic.render` scenes, shorter side 256 px, longer side 256-384 px, one in
+Images are `alexnet.demo.render` scenes, shorter side 256 px, longer side 256-384 px, one in
 five portrait; written as JPEG (quality 90) by one process per core. Ingest at --resize 256 then
 keeps their bytes (they already fit), as it does for ImageNet files of that size.
 """
@@ -22,7 +22,7 @@ LONGER = (256, 384)
 def _write(job: tuple[str, int, int, int]) -> int:
     import numpy as np
 
-    from pipelines.synthetic import CLASSES, render
+    from alexnet.demo import CLASSES, render
 
     root, start, count, shorter = job
     rng = np.random.default_rng(start)
@@ -50,11 +50,11 @@ def write_jpegs(root: Path, images: int, procs: int, shorter: int = SHORTER) -> 
 def ingested(work: Path, images: int, *, val_fraction: float, procs: int | None = None, shorter: int = SHORTER) -> dict:
     """work/ds: `images` generated JPEGs ingested (needs Ray initialised), reused when the cached
     dataset has as many images. Returns {"path", "generate_s", "ingest_s", "reused"}."""
-    from pipelines.dataset import open_dataset
+    from pipelines.dataset import INFO_FILE, open_dataset
     from pipelines.ingest import IngestOptions, ingest
 
     dest = work / "ds"
-    if (dest / "dataset.json").is_file():
+    if (dest / INFO_FILE).is_file():
         info = open_dataset(dest)
         if info.split_size("train") + info.split_size("val") == images:
             return {"path": str(dest), "generate_s": 0.0, "ingest_s": 0.0, "reused": True}

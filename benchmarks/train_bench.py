@@ -31,14 +31,14 @@ def plain_loop(cfg, info, epochs: int) -> float:
     import torch
 
     from alexnet import build_model
-    from alexnet.epochs import train_one_epoch
+    from alexnet.train.epochs import train_one_epoch
     from alexnet.lr_schedule import scaled_lr
-    from alexnet.train_loop import make_optimizer
-    from pipelines.augment import TrainPreset, apply_preset
+    from alexnet.train.loop import make_optimizer
+    from pipelines.read.augment import apply_preset
+    from pipelines.read.loader import train_preset
 
     table = pq.read_table(info.shard_paths("train"), columns=["id", "image", "label", "height", "width"]).to_pydict()
-    preset = TrainPreset(crop=cfg.data.crop, resize=cfg.data.resize, eigval=tuple(info.pca_eigval), eigvec=tuple(map(tuple, info.pca_eigvec)),
-                         pca_std=cfg.data.pca_lighting, flip=cfg.data.flip)
+    preset = train_preset(info, **cfg.data.augmentation)
     batch = apply_preset({k: np.asarray(v, dtype=object) if k in ("id", "image") else np.asarray(v) for k, v in table.items()},
                          preset=preset, seed=cfg.data.seed)
     images, labels = torch.from_numpy(batch["image"]), torch.from_numpy(batch["label"])
@@ -63,7 +63,8 @@ def pipeline(cfg, info, workers: int, work: Path) -> dict:
     from mlflow.tracking import MlflowClient
 
     from alexnet.config import load_config
-    from alexnet.fit import fit
+    from alexnet.train.fit import fit
+    from pipelines.read.loader import train_preset
 
     cfg = load_config("demo", [f"data.path={info.path}", f"optim.epochs={cfg.optim.epochs}",
                                f"run.num_workers={workers}", "run.keep_checkpoints=1"])
@@ -72,7 +73,8 @@ def pipeline(cfg, info, workers: int, work: Path) -> dict:
     exp = client.get_experiment_by_name("bench") or client.get_experiment(client.create_experiment("bench"))
     run_id = client.create_run(exp.experiment_id).info.run_id
     t = time.perf_counter()
-    fit(cfg, info, run_name=f"bench-{workers}w", storage=str(work / "runs"), tracking_uri=uri, run_id=run_id)
+    fit(cfg, info, train_preset(info, **cfg.data.augmentation), run_name=f"bench-{workers}w", storage=str(work / "runs"),
+        tracking_uri=uri, run_id=run_id)
     wall = time.perf_counter() - t
     hist = {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
             for k in ("throughput/images_per_s", "throughput/data_wait_fraction", "time/epoch_s")}
@@ -92,9 +94,9 @@ def main() -> None:
     import ray
 
     from alexnet.config import load_config
-    from alexnet.fit import check_inputs
+    from alexnet.train.fit import check_inputs
     from pipelines.ingest import IngestOptions, ingest
-    from pipelines.synthetic import write_demo_images
+    from alexnet.demo import write_demo_images
 
     work = Path(tempfile.mkdtemp(prefix="train-bench-"))
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)

@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def tracking_problem(err: Exception, args) -> str | None:
     """One line for a store the user must start, fix or get access to; None for anything else."""
-    import os
-
-    from alexnet.tracking import explain, problem
+    from alexnet.track.tracking import explain, problem  # deferred: MLflow is slow to import
 
     if problem(err) is None:
         return None

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from alexnet.redaction import redact_text
+from pipelines.redaction import redact
 from pipelines.errors import UserError, first_line
 
 REQUEST_TIMEOUT_S = 60.0  # seconds to connect, and again for each wait on the server's answer
@@ -67,7 +67,7 @@ def resolve_address(address: str | None) -> str:
     if not address:
         raise UserError("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
     if address == "auto" or "://" not in address and address.endswith(":6379"):
-        raise UserError(f"--address {redact_text(address)}: give the job server's http://HOST:8265 address, "
+        raise UserError(f"--address {redact(address)}: give the job server's http://HOST:8265 address, "
                         "not the GCS port")
     return address if "://" in address else f"http://{address}"
 
@@ -102,9 +102,9 @@ def auth_headers(environ=os.environ) -> dict[str, str]:
 def _refusal(url: str, status: int) -> Refused:
     source = token_source()
     if status == 401:
-        return Refused(f"--address {redact_text(url)}: the Ray job server refused the request: it requires a token and "
+        return Refused(f"--address {redact(url)}: the Ray job server refused the request: it requires a token and "
                        f"none was sent (token: {source}); {TOKEN_HELP}")
-    return Refused(f"--address {redact_text(url)}: the Ray job server refused the token from {source} (not this "
+    return Refused(f"--address {redact(url)}: the Ray job server refused the token from {source} (not this "
                    f"cluster's); {TOKEN_HELP}")
 
 
@@ -128,11 +128,11 @@ def _client_class():
             except AuthenticationError as err:
                 raise _refusal(self._address, 403 if "Authentication failed" in err.message else 401) from None
             except requests.Timeout:
-                raise Unreachable(f"--address {redact_text(self._address)}: the Ray job server did not answer within "
+                raise Unreachable(f"--address {redact(self._address)}: the Ray job server did not answer within "
                                   f"{self.timeout_s:g} s") from None
             except requests.RequestException as err:
-                raise Unreachable(f"--address {redact_text(self._address)}: cannot reach a Ray job server "
-                                  f"({redact_text(first_line(err))})") from None
+                raise Unreachable(f"--address {redact(self._address)}: cannot reach a Ray job server "
+                                  f"({redact(first_line(err))})") from None
 
     return Client
 
@@ -145,7 +145,7 @@ def connect(address: str | None, timeout_s: float = REQUEST_TIMEOUT_S):
     except ClusterError:
         raise
     except (ConnectionError, RuntimeError) as err:  # Ray's own wording of a refused connection or version
-        raise Unreachable(f"--address {redact_text(url)}: cannot reach a Ray job server ({redact_text(first_line(err))})") from None
+        raise Unreachable(f"--address {redact(url)}: cannot reach a Ray job server ({redact(first_line(err))})") from None
 
 
 def _get_json(client, endpoint: str):
@@ -197,7 +197,7 @@ def wait_for_agent(client, wait_s: float = AGENT_WAIT_S, *, poll_s: float = AGEN
 
 def agent_not_ready(client, wait_s: float) -> AgentNotReady:
     return AgentNotReady(
-        f"--address {redact_text(client._address)}: the Ray job server answers, but its head node's job agent is "
+        f"--address {redact(client._address)}: the Ray job server answers, but its head node's job agent is "
         f"not ready after {wait_s:g} s, so no job can be submitted; see {agent_log(client)} (an agent whose HTTP "
         f"port, 52365 by default, is held by another process never gets ready); --agent-wait SECONDS waits longer")
 

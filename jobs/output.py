@@ -4,7 +4,7 @@ By default:
 - Ray's workers and actors (Ray Train's controller and workers, Ray Data's coordinators) keep
   their output in the Ray session's logs folder, where Ray writes it (`log_to_driver=False`). A
   training run's own lines (epochs, progress, notes, recovered failures) reach the terminal
-  through `alexnet.progress`.
+  through `alexnet.train.progress`.
 - In this process, the log records of Ray, MLflow and every other library, Python's warnings and
   what Ray's C++ core writes to stderr go to `SESSION/logs/alexnet-driver-PID.log` in that folder
   (Ray Data also keeps writing its own, `SESSION/logs/ray-data/`).
@@ -27,7 +27,7 @@ from pathlib import Path
 _verbose = False
 # Ray Data's progress when stdout is not a terminal: the log records of this logger, every
 # RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL seconds (Ray Data's variable, read when its first
-# execution starts; set to the training run's interval, alexnet.progress.PLAIN_EVERY_S).
+# execution starts; set to the training run's interval, alexnet.train.progress.PLAIN_EVERY_S).
 RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress.logging_progress"
 RAY_DATA_INTERVAL_VAR = "RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL"
 
@@ -85,7 +85,7 @@ class RayDataLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
 
-        from alexnet.progress import PLAIN_FORMAT
+        from alexnet.train.progress import PLAIN_FORMAT
 
         message = record.getMessage()
         header = re.fullmatch(r"=+ Running Dataset: (\S+) =+", message)
@@ -169,7 +169,7 @@ def alexnet_command() -> str:
 def ui_hint(*, workdir: Path | None = None, tracking_uri: str | None = None) -> str:
     """The command that opens the MLflow UI on a store: `alexnet ui --workdir W` or `--tracking-uri URI`."""
     if tracking_uri:
-        from alexnet.redaction import redact
+        from pipelines.redaction import redact
 
-        return f"{alexnet_command()} ui --tracking-uri {shlex.quote(redact('uri', tracking_uri))}"
+        return f"{alexnet_command()} ui --tracking-uri {shlex.quote(redact(tracking_uri))}"
     return f"{alexnet_command()} ui --workdir {shlex.quote(str(workdir))}"

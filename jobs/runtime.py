@@ -22,6 +22,25 @@ from pipelines.errors import UserError
 class Workdir:
     root: Path
 
+    @classmethod
+    def at(cls, path: str | os.PathLike) -> Workdir:
+        """The work directory's layout under `path`, which is checked but not created yet."""
+        root = Path(path).expanduser().absolute()
+        if root.exists() and not root.is_dir():
+            raise UserError(f"--workdir {root} is a file, not a directory")
+        return cls(root)
+
+    def make(self) -> Workdir:
+        """Create the directory or fail with one clear line (exit 2), before any work starts."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise UserError(f"--workdir {self.root} is not writable: {err.strerror or err}") from None
+        return self
+
     @property
     def tracking_uri(self) -> str:
         return f"sqlite:///{self.root / 'mlflow.db'}"
@@ -41,17 +60,16 @@ class Workdir:
 
 def prepare_workdir(path: str | os.PathLike) -> Workdir:
     """Create the work directory or fail with one clear line (exit 2), before any work starts."""
-    root = Path(path).expanduser().absolute()
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--workdir {root} is a file, not a directory")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"--workdir {root} is not writable: {err.strerror or err}") from None
-    return Workdir(root)
+    return Workdir.at(path).make()
+
+
+@contextmanager
+def run_session(work: Workdir):
+    """What a training run enters once the inputs that need neither disk nor Ray are checked: its
+    work directory, made now (so a refused run leaves none behind), then Ray."""
+    work.make()
+    with ray_session():
+        yield
 
 
 # MLflow's HTTP client retries for minutes by default (7 retries, backoff factor 2, 120 s
@@ -98,7 +116,7 @@ def ray_session(num_cpus: int | None = None):
     quiet = not output.verbose()
     log = output.LogFile()
     if quiet:
-        from alexnet.progress import PLAIN_EVERY_S
+        from alexnet.train.progress import PLAIN_EVERY_S
 
         output.route_library_logs(log)
         os.environ.setdefault(output.RAY_DATA_INTERVAL_VAR, str(int(PLAIN_EVERY_S)))

@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from alexnet.redaction import redact_text
+from pipelines.redaction import redact
 from jobs import schedule as sch
 from pipelines.errors import UserError, first_line
 
@@ -108,10 +108,6 @@ def read_metric(s: sch.Schedule, st: sch.ScheduleState) -> tuple[float | None, s
     return float(value), ""
 
 
-def _line(err: BaseException) -> str:
-    return redact_text(first_line(err))
-
-
 def tick(schedules: list[sch.Schedule], state_path: Path, now: dt.datetime, connect=None,
          environ=os.environ, agent_wait_s: float | None = None) -> list[str]:
     """One pass over all schedules; returns the lines to print. `connect(address)` gives a
@@ -131,7 +127,7 @@ def tick(schedules: list[sch.Schedule], state_path: Path, now: dt.datetime, conn
                 lines += tick_one(s, states, state_path, now, connect, environ, agent_wait_s)
     except StateBusy as err:
         lines.append(str(err))
-    return [redact_text(line) for line in lines]
+    return [redact(line) for line in lines]
 
 
 def tick_one(s: sch.Schedule, states: dict, state_path: Path, now: dt.datetime, connect, environ,
@@ -144,7 +140,7 @@ def tick_one(s: sch.Schedule, states: dict, state_path: Path, now: dt.datetime, 
         statuses = {r.submission_id: cluster.job_status(client, r.submission_id)
                     for r in st.jobs if r.status in sch.ACTIVE}
     except (UserError, RuntimeError) as err:  # no answer, refused, or the server erred
-        st.last_error, st.last_error_at = _line(err), sch.iso(now)
+        st.last_error, st.last_error_at = first_line(err), sch.iso(now)
         states[s.name] = st
         save_state(state_path, states)
         return [f"{s.name}: cluster not reached, the next tick tries again: {st.last_error}"]
@@ -183,12 +179,12 @@ def submit_record(s: sch.Schedule, rec: sch.JobRecord, client, now: dt.datetime,
         rec.status = "PENDING"  # a previous tick got it there; its status is read on the next tick
         return f"{rec.submission_id} already on the cluster; counted as submitted"
     except cluster.AgentNotReady as err:  # refused before it was created: stays SUBMITTING, sent again next tick
-        rec.message = f"not submitted: {_line(err)}"
-        return f"{rec.submission_id} not submitted, the next tick sends it again: {_line(err)}"
+        rec.message = f"not submitted: {first_line(err)}"
+        return f"{rec.submission_id} not submitted, the next tick sends it again: {first_line(err)}"
     except cluster.ClusterError as err:  # no answer: it may or may not have landed. Stays SUBMITTING.
-        return f"submit of {rec.submission_id} not confirmed ({_line(err)}); the next tick checks and resends it"
+        return f"submit of {rec.submission_id} not confirmed ({first_line(err)}); the next tick checks and resends it"
     except (UserError, RuntimeError, OSError) as err:  # the spec or the server said no
-        return f"submit failed: {sch.mark_failed(s, rec, now, 'FAILED', _line(err))}"
+        return f"submit failed: {sch.mark_failed(s, rec, now, 'FAILED', first_line(err))}"
 
 
 def status_lines(schedules: list[sch.Schedule], state_path: Path, now: dt.datetime) -> list[str]:

@@ -3,7 +3,7 @@
 The entrypoint is the same `python -m jobs.cli <command> ...` line one would type locally; the
 repo root travels as the job's `working_dir`, and the submitter's MLflow/AWS settings travel in
 the runtime env's `env_vars` (copied from the environment, never from files, and printed through
-`alexnet.redaction`). Credentials never go on the command line, which Ray keeps in its job table
+`pipelines.redaction`). Credentials never go on the command line, which Ray keeps in its job table
 for anyone who can list jobs: a `--tracking-uri` carrying them moves into the job's
 MLFLOW_TRACKING_URI (the commands' default), and any other argument carrying them is refused.
 The connection itself (address, token, timeouts) is `jobs.cluster`.
@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alexnet.provenance import COMMIT_ENV, git_commit
-from alexnet.redaction import is_secret, redact, redact_env, redact_text
+from alexnet.track.provenance import COMMIT_ENV, git_commit
+from pipelines.redaction import is_secret, redact
 from jobs.cluster import AGENT_WAIT_S, agent_not_ready, job_info, wait_for_agent
 from pipelines.errors import UserError
 
@@ -32,7 +32,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]  # holds pipelines/, alexnet/
 EXCLUDES = [".venv", "venv", ".git", "alexnet-work", "mlruns", "mlartifacts", "*.db", "build", "dist",
             "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".devbundle", "benchmarks"]
 
-# Copied from the submitter's environment when set (printed through alexnet.redaction).
+# Copied from the submitter's environment when set (printed through pipelines.redaction).
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_S3_ENDPOINT_URL",
                  "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_REGION",
                  "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
@@ -89,14 +89,14 @@ def credentials_to_env(command: str, args: list[str]) -> tuple[list[str], dict]:
         if name in URI_OPTIONS and command in URI_COMMANDS and (eq or i + 1 < len(args)):
             value = value if eq else args[i + 1]
             step = 1 if eq else 2
-            if redact_text(value) != value:
+            if redact(value) != value:
                 env[URI_OPTIONS[name]] = value
             else:
                 kept += args[i:i + step]
             i += step
             continue
-        if redact_text(arg) != arg or (arg.startswith("--") and is_secret(arg) and i + 1 < len(args)):
-            raise UserError(f"argument {redact_text(arg)!r} carries a credential, and a job's command line is "
+        if redact(arg) != arg or (arg.startswith("--") and is_secret(arg) and i + 1 < len(args)):
+            raise UserError(f"argument {redact(arg)!r} carries a credential, and a job's command line is "
                             f"stored in Ray's job table: pass it in the environment instead (MLFLOW_TRACKING_*, "
                             f"AWS_*, or --env NAME=VALUE)")
         kept.append(arg)
@@ -167,10 +167,10 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
 
 
 def describe(spec: JobSpec, address: str) -> str:
-    lines = [f"submitting {spec.submission_id} to {redact('address', address)}",
-             f"  entrypoint: {redact_text(spec.entrypoint)}"]
+    lines = [f"submitting {spec.submission_id} to {redact(address)}",
+             f"  entrypoint: {redact(spec.entrypoint)}"]
     if spec.env:
-        lines.append("  env: " + " ".join(f"{k}={v}" for k, v in sorted(redact_env(spec.env).items())))
+        lines.append("  env: " + " ".join(f"{k}={v}" for k, v in sorted(((k, redact(v, k)) for k, v in spec.env.items()))))
     if spec.pip:
         lines.append("  pip: " + " ".join(spec.pip))
     return "\n".join(lines)
@@ -203,5 +203,5 @@ def outcome_line(client, submission_id: str, status: str) -> str:
         message = (job_info(client, submission_id).message or "").strip().splitlines()
     except (UserError, RuntimeError):
         message = []
-    detail = f": {redact_text(message[0][:300])}" if message else ""
+    detail = f": {redact(message[0][:300])}" if message else ""
     return f"job {submission_id} {status}{detail}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import uuid
 from typing import BinaryIO, Callable
 
@@ -25,7 +26,7 @@ Writer = Callable[[BinaryIO], None]
 
 
 def temp_name(name: str) -> str:
-    """The temporary file written beside `name` (`pipelines.destination` recognises the pattern)."""
+    """The temporary file written beside `name` (`pipelines.ingest.destination` recognises the pattern)."""
     return f".{name}.tmp-{uuid.uuid4().hex[:8]}"
 
 
@@ -73,7 +74,6 @@ def write_atomic_dir(target: str | os.PathLike, fill: Callable[[str], None]) -> 
             _fsync_dir(folder)
         os.replace(tmp, target)
     except BaseException:
-        import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
         raise

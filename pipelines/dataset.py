@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import storage
@@ -41,7 +42,6 @@ SCHEMA = pa.schema(
 @dataclass(frozen=True)
 class DatasetInfo:
     """What `dataset.json` says; `path` is where it was read from (not stored)."""
-
     classes: list[str]
     counts: dict[str, dict[str, int]]  # split -> class name -> images
     shards: dict[str, list[str]]  # split -> shard paths relative to the dataset directory
@@ -206,7 +206,6 @@ def _validate_shard(shard: str, num_classes: int) -> int:
         if stats is not None and stats.has_min_max:
             low, high = stats.min, stats.max
         else:  # written without statistics: read this row group's labels (one small column)
-            import pyarrow.compute as pc
 
             labels = file.read_row_group(rg, columns=["label"]).column("label")
             if labels.null_count:

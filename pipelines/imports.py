@@ -2,9 +2,9 @@
 
 Ray cancels a running task (Ray Data does when a `limit` or `take_batch` has its rows, when a
 sibling task fails, when a consumer stops early) by raising KeyboardInterrupt in the worker's
-main thread. One that lands inside a first import of torch (~2 s on a small machine) leaves torch
+main thread. One that lands inside a first import of torch (seconds on a small machine) leaves torch
 half-initialised in that process, and Ray reuses the worker: every later task there fails with
-"partially initialized module 'torch' has no attribute ..." (seen in CI). So the heavy modules a
+"partially initialized module 'torch' has no attribute ...". So the heavy modules a
 Ray Data task imports on first use are imported whole, with the interrupt held until the import
 has finished and raised then.
 """

@@ -15,7 +15,11 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import pyarrow as pa
+import pyarrow.fs
+
 from pipelines.errors import UserError
+from pipelines.redaction import redact
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -29,14 +33,12 @@ def is_uri(target) -> bool:
 class Location:
     """A file or folder: `fs` and its own `path` for pyarrow, `uri` for people and metadata
     (an absolute local path, or the URI as given)."""
-
     fs: object  # pyarrow.fs.FileSystem
     path: str
     uri: str
 
     @property
     def local(self) -> bool:
-        import pyarrow.fs
 
         return isinstance(self.fs, pyarrow.fs.LocalFileSystem)
 
@@ -52,19 +54,10 @@ class Location:
         return self.uri
 
 
-def redact(uri: str) -> str:
-    """A URI safe to print: user info and query replaced (used only in the refusal below)."""
-    parts = urlsplit(uri)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{'***@' if parts.username or parts.password else ''}{host}{parts.path}" + (
-        "?***" if parts.query else "")
-
-
 def locate(target: str | os.PathLike) -> Location:
     """A local path (relative ones made absolute) or a URI -> Location. UserError for a URI
     pyarrow cannot open or one that carries credentials or options."""
     if not is_uri(target):
-        import pyarrow.fs
 
         path = os.path.abspath(os.fspath(target))
         return Location(pyarrow.fs.LocalFileSystem(), path, path)
@@ -84,9 +77,6 @@ def locate(target: str | os.PathLike) -> Location:
 def _filesystem(root: str):
     """One pyarrow filesystem per scheme://authority and process (a Ray task reading many
     shards of one bucket builds one S3 client)."""
-    import pyarrow as pa
-    import pyarrow.fs
-
     try:
         return pyarrow.fs.FileSystem.from_uri(root)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, OSError) as err:
@@ -99,19 +89,16 @@ def file_type(loc: Location):
 
 
 def exists(loc: Location) -> bool:
-    import pyarrow.fs
 
     return file_type(loc) != pyarrow.fs.FileType.NotFound
 
 
 def is_file(loc: Location) -> bool:
-    import pyarrow.fs
 
     return file_type(loc) == pyarrow.fs.FileType.File
 
 
 def is_dir(loc: Location) -> bool:
-    import pyarrow.fs
 
     return file_type(loc) == pyarrow.fs.FileType.Directory
 
@@ -142,8 +129,6 @@ def pyarrow_paths(targets: list[str]) -> tuple[object, list[str]]:
 
 def listing(loc: Location, recursive: bool = False) -> list:
     """pyarrow FileInfos under `loc` (empty when it does not exist)."""
-    import pyarrow.fs
-
     return loc.fs.get_file_info(pyarrow.fs.FileSelector(loc.path, recursive=recursive, allow_not_found=True))
 
 
@@ -154,8 +139,6 @@ def relative(loc: Location, info) -> str:
 
 def delete(loc: Location) -> None:
     """Remove a file, or a folder with everything in it; absent is fine."""
-    import pyarrow.fs
-
     kind = file_type(loc)
     try:
         if kind == pyarrow.fs.FileType.Directory:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,16 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_cluster import START_TIMEOUT_S, RayCluster
-from tests.support import new_bucket
+from tests.support.ray_cluster import START_TIMEOUT_S, RayCluster
+from tests.support import free_port, new_bucket
 
 VENV_BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # The S3-compatible server of the object-storage tests (fixture `s3_server`) is reached only as a
@@ -66,7 +61,7 @@ def ray_auth_token(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ray_local(ray_auth_token):
     """One real Ray for the session, on 2 CPUs like the CI machine: a head started with `ray start
-    --head` (tests/ray_cluster.py), as users start one, with its dashboard (and so the job server)
+    --head` (tests/support/ray_cluster.py), as users start one, with its dashboard (and so the job server)
     on a free loopback port, and this process connected to it as a driver. Every port of it is
     its own, the job agent's included: `ray.init()` would bind the agent to Ray's fixed 52365,
     which any other Ray on this machine (a demo, a CLI test's local Ray, a user's head) may hold,
@@ -92,7 +87,7 @@ def ray_local(ray_auth_token):
 @pytest.fixture(scope="session")
 def shapes_source(tmp_path_factory) -> Path:
     """A tiny image-folder tree of real JPEG/PNG files, 6 classes x 20 images."""
-    from pipelines.synthetic import write_demo_images
+    from alexnet.demo import write_demo_images
 
     return write_demo_images(tmp_path_factory.mktemp("shapes") / "src", per_class=20, size=72, seed=1)
 

@@ -8,17 +8,17 @@ from a cold machine. Every section lands in OUT/gpu_bench.json as soon as it is 
 Sections, in order (a section the remaining --budget-s cannot hold is recorded as skipped):
 1. data: --images JPEGs (shorter side 256 px, longer 256-384) generated with every core and
    ingested with pipelines.ingest (--resize 256; 1% val): >= 100,000 training images an epoch.
-2. check: the device path's pixels (pipelines.device_augment on the GPU) against the CPU path's
+2. check: the device path's pixels (pipelines.read.device_augment on the GPU) against the CPU path's
    (TrainPreset on the host) for the same rows and plans. decode_only: the batched decode call
    alone on 256 stored JPEGs (the decoder's ceiling, and its host CPU per image).
 3. device_input: Ray Data (data.decode=gpu: rows + plans) -> Arrow batches ->
-   alexnet.device_input.DeviceFeeder(augment_on_device) alone, one epoch: images/s, and the
-   feeder thread's CPU per image (issue 15 target 3, on the real machine: nvJPEG's host work and
+   alexnet.train.device_input.DeviceFeeder(augment_on_device) alone, one epoch: images/s, and the
+   feeder thread's CPU per image (on the real machine: nvJPEG's host work and
    the kernel launches included).
 4. compute_only (eager): the model alone, bf16 autocast, channels_last, SGD, batch 256.
 5. feeder_train: sections 3 and 4 in one process (no Ray Train): the data path the train worker
    gets once it pulls its batches through DeviceFeeder.
-6. fit runs (alexnet.fit.fit: what `alexnet train` runs), the torchvision recipe at 224 px
+6. fit runs (alexnet.train.fit.fit: what `alexnet train` runs), the torchvision recipe at 224 px
    on one worker: data.decode=gpu (2 epochs), then cpu (1 epoch: input-bound at a few thousand
    images/s, its one epoch of >= 100,000 images is steady state); then compute_only and the
    data.decode=gpu run with run.compile=true; last the cpu-decode compile run (input-bound:
@@ -33,7 +33,7 @@ mlflow-skinny==3.17.2, as pyproject.toml's ray>=2.60,<2.61 and mlflow>=3.13,<4),
 call, with carry [".devbundle"] and timeout_s 600 (build the bundle first, in the repo root here:
 `../shared/tools/device-bundle.sh`; 43 MB):
 
-    mkdir -p /tmp/site && tar -C /tmp/site -xJf .devbundle/site.tar.xz && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && (timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_device_augment.py tests/test_device_input.py -k cuda 2>&1 | tail -15 > $OUT/cuda_tests.txt; timeout 500 python3 benchmarks/gpu/gpu_bench.py --out $OUT --budget-s 450 2>&1 | tee $OUT/log.txt; cat $OUT/cuda_tests.txt)
+    mkdir -p /tmp/site && tar -C /tmp/site -xJf .devbundle/site.tar.xz && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && (timeout 60 python3 -m pytest -q -p no:cacheprovider tests/read/test_device_augment.py tests/train/test_device_input.py -k cuda 2>&1 | tail -15 > $OUT/cuda_tests.txt; timeout 500 python3 benchmarks/gpu/gpu_bench.py --out $OUT --budget-s 450 2>&1 | tee $OUT/log.txt; cat $OUT/cuda_tests.txt)
 
 (the CUDA tests first, 60 s at most: the device path's pixels against the CPU path's, the feeder's
 streams; then this script, 450 s of sections.)
@@ -143,10 +143,9 @@ def recipe(data: str, sizes: Sizes, *, decode: str, compile_: bool, epochs: int 
 
 
 def device_preset(info, cfg):
-    from pipelines.loader import train_preset
+    from pipelines.read.loader import train_preset
 
-    return train_preset(info, crop=cfg.data.crop, resize=cfg.data.resize, pca_std=cfg.data.pca_lighting,
-                        flip=cfg.data.flip, random_resized_crop=cfg.data.random_resized_crop)
+    return train_preset(info, **cfg.data.augmentation)
 
 
 def check(info, cfg, device, rows: int) -> dict:
@@ -154,8 +153,8 @@ def check(info, cfg, device, rows: int) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from pipelines.device_augment import augment_on_device, plan_batch
-    from pipelines.loader import COLUMNS
+    from pipelines.read.device_augment import augment_on_device, plan_batch
+    from pipelines.read.loader import COLUMNS
 
     table = pq.ParquetFile(info.shard_paths("train")[0]).read_row_group(0, columns=COLUMNS).slice(0, rows)
     batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}
@@ -200,15 +199,14 @@ def _sync(device) -> None:
 
 
 def _feeder(info, cfg, device, batch: int):
-    from alexnet.device_input import DeviceFeeder
-    from pipelines.device_augment import augment_on_device
-    from pipelines.loader import train_dataset
+    from alexnet.train.device_input import DeviceFeeder
+    from pipelines.read.device_augment import augment_on_device
+    from pipelines.read.loader import train_dataset
 
-    data = cfg.data
-    ds = train_dataset(info, crop=data.crop, resize=data.resize, pca_std=data.pca_lighting, flip=data.flip,
-                       seed=data.seed, random_resized_crop=data.random_resized_crop, decode_on_device=True)
+    preset = device_preset(info, cfg)
+    ds = train_dataset(info, preset, seed=cfg.data.seed, decode_on_device=True)
     host = ds.iter_batches(batch_size=batch, batch_format="pyarrow", prefetch_batches=4, drop_last=True)
-    return DeviceFeeder(host, partial(augment_on_device, preset=device_preset(info, cfg), device=device), device)
+    return DeviceFeeder(host, partial(augment_on_device, preset=preset, device=device), device)
 
 
 def _stats(feeder) -> dict:
@@ -337,10 +335,10 @@ METRICS = ("throughput/images_per_s", "throughput/data_wait_fraction", "time/epo
 
 
 def pipeline(bench: Bench, name: str, cfg, work: Path, sizes: Sizes, device, peak_tflops: float) -> dict:
-    """One `alexnet.fit.fit` run (TorchTrainer, 1 worker); its per-epoch metrics from MLflow."""
+    """One `alexnet.train.fit.fit` run (TorchTrainer, 1 worker); its per-epoch metrics from MLflow."""
     from mlflow.tracking import MlflowClient
 
-    from alexnet.fit import check_inputs, fit
+    from alexnet.train.fit import check_inputs, fit
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -348,8 +346,9 @@ def pipeline(bench: Bench, name: str, cfg, work: Path, sizes: Sizes, device, pea
     exp_id = exp.experiment_id if exp else client.create_experiment("gpu-bench")
     run_id = client.create_run(exp_id, run_name=name).info.run_id
     t = time.perf_counter()
-    outcome = fit(cfg, check_inputs(cfg), run_name=f"{name}-{int(time.time())}", storage=str(work / "runs"),
-                  tracking_uri=uri, run_id=run_id)
+    info = check_inputs(cfg)
+    outcome = fit(cfg, info, device_preset(info, cfg), run_name=f"{name}-{int(time.time())}",
+                  storage=str(work / "runs"), tracking_uri=uri, run_id=run_id)
     wall = time.perf_counter() - t
     client.set_terminated(run_id)
     history = {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]

@@ -32,9 +32,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import json
 
-    from alexnet.predict import evaluate, load_model
+    from alexnet.serve.predict import evaluate
+    from alexnet.track.models import load_model
     from alexnet.run import new_run_name
-    from alexnet.tracking import client_for, log_params, tracked_run
+    from alexnet.track.tracking import client_for, log_params, tracked_run
     from jobs.runtime import existing_store, ray_session
     from pipelines.dataset import open_dataset
 
@@ -71,7 +72,7 @@ def run(args) -> int:
 def check_run(tracking_uri: str, run_id: str) -> None:
     from mlflow.exceptions import MlflowException
 
-    from alexnet.tracking import client_for
+    from alexnet.track.tracking import client_for
     from pipelines.errors import UserError
 
     try:

@@ -23,7 +23,7 @@ import sys
 
 def add_parser(sub) -> None:
     from pipelines.ingest import FORMATS, IngestOptions
-    from pipelines.sources import SOURCE_TYPES
+    from pipelines.ingest.sources import SOURCE_TYPES
 
     d = IngestOptions()
     p = sub.add_parser("ingest", help="convert an image dataset into a sharded Parquet dataset",
@@ -56,26 +56,22 @@ def options(args, source_type: str):
     opts = IngestOptions(val_fraction=args.val_fraction, image_format=fmt, resize=resize or None,
                          raw_size=args.raw_size, quality=args.quality, min_side=args.min_side,
                          shard_mb=args.shard_mb, strict=args.strict)
-    opts.validate()
     return opts
 
 
 def run(args) -> int:
     from jobs.runtime import ray_session
-    from pipelines.destination import preflight
     from pipelines.ingest import ingest
-    from pipelines.sources import detect_source_type, list_source
+    from pipelines.ingest.sources import detect_source_type
 
     source_type = args.source_type or detect_source_type(args.source)
-    opts = options(args, source_type)
-    listing = list_source(args.source, source_type)  # bad sources and destinations fail here, before Ray starts
-    preflight(args.dest)  # not a dataset, or another ingest is writing it: exit 2 now
 
     def progress(message: str) -> None:
         print(f"ingest: {message}", file=sys.stderr, flush=True)
 
-    with ray_session(num_cpus=args.num_cpus):
-        s = ingest(args.source, args.dest, opts, listing, source_type=source_type, progress=progress)
+    # A bad source or destination is refused (exit 2) before Ray starts.
+    s = ingest(args.source, args.dest, options(args, source_type), source_type=source_type, progress=progress,
+               ray_session=lambda: ray_session(num_cpus=args.num_cpus))
     for path, reason in s.rejects[:20]:
         print(f"rejected {path}: {reason}")
     if len(s.rejects) > 20:

@@ -35,7 +35,7 @@ def _when(ms) -> str:
 
 
 def run(args) -> int:
-    from alexnet.redaction import redact, redact_text
+    from pipelines.redaction import redact
     from jobs import cluster
     from jobs import submit as js
     from pipelines.errors import UserError
@@ -46,7 +46,7 @@ def run(args) -> int:
         for j in jobs:
             ident = j.submission_id or j.job_id
             print(f"{ident:<48} {str(j.status.value):<10} {_when(j.start_time)}  "
-                  f"{redact_text(j.entrypoint or '')[:80]}")
+                  f"{redact(j.entrypoint or '')[:80]}")
         if not jobs:
             print("no jobs")
         return 0
@@ -55,10 +55,10 @@ def run(args) -> int:
         status = str(info.status.value)
         print(f"{args.id}: {status}  started {_when(info.start_time)}  ended {_when(info.end_time)}")
         if info.message:
-            print(f"  message: {redact_text(info.message.strip().splitlines()[0][:300])}")
-        print(f"  entrypoint: {redact_text(info.entrypoint or '')}")
+            print(f"  message: {redact(info.message.strip().splitlines()[0][:300])}")
+        print(f"  entrypoint: {redact(info.entrypoint or '')}")
         for key, value in sorted((info.metadata or {}).items()):
-            print(f"  {key}: {redact(key, value)}")
+            print(f"  {key}: {redact(value, key)}")
         return js.EXIT_CODES.get(status, 0)
     if args.action == "logs":
         if args.follow:

@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from alexnet.predict import geometry, load_model, predict_dataset, read_images, scores, write_predictions
+    from alexnet.serve.predict import geometry, predict_dataset, read_images, scores, write_predictions
+    from alexnet.track.models import load_model
     from jobs.runtime import existing_store, ray_session
     from pipelines.errors import UserError
 

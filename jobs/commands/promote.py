@@ -21,9 +21,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from alexnet.tracking import client_for
+    from alexnet.track.tracking import client_for
 
-    from alexnet.registry import promote
+    from alexnet.track.registry import promote
     from jobs.runtime import existing_store
 
     decision = promote(client_for(existing_store(args)), args.name, args.version)

@@ -26,10 +26,10 @@ def run(args) -> int:
     import contextlib
     from pathlib import Path
 
-    from alexnet.publish import publish, read_registration
+    from alexnet.track.publish import publish, read_registration
     from alexnet.run import rescorer
     from jobs.runtime import ray_session
-    from pipelines.dataset import open_dataset
+    from pipelines.dataset import INFO_FILE, open_dataset
     from pipelines.errors import UserError
 
     registration = read_registration(args.folder)
@@ -38,7 +38,7 @@ def run(args) -> int:
         raise UserError(f"{args.folder}: the run's tracking URI carried credentials, which are not kept on disk; "
                         f"pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
     evaluation, rescore = registration["evaluation"], None
-    if registration["register_as"] and Path(registration["dataset_path"], "dataset.json").is_file():
+    if registration["register_as"] and Path(registration["dataset_path"], INFO_FILE).is_file():
         info = open_dataset(registration["dataset_path"])
         if info.version == evaluation["dataset_version"]:  # a champion is re-scored on the images the model was
             rescore = rescorer(tracking_uri, registration["register_as"], info, ten_crop=evaluation["ten_crop"])

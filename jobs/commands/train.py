@@ -39,40 +39,32 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from alexnet.config import load_config, recipe_path, shipped_recipes
-    from alexnet.fit import check_inputs, scale_note
-    from jobs.output import ui_hint
-    from jobs.runtime import prepare_workdir, ray_session
     from alexnet.run import new_run_name, run_training
-    from pipelines.loader import stored_side
+    from jobs.output import ui_hint
+    from jobs.runtime import Workdir, run_session
 
     if not args.recipe:
         raise UserError(f"--recipe is required: a shipped recipe ({', '.join(shipped_recipes())}) or a YAML file; "
                         "`torchvision` and `paper` are the full ImageNet recipes, `smoke` a 2-epoch installation check")
+    work = Workdir.at(args.workdir)  # made once run_training has checked the inputs
+    storage = _absolute(args.storage or str(work.runs))
+    resume_from = _absolute(args.resume_from) if args.resume_from else None
     data = _absolute(args.data) if args.data else None
-    overrides = ([f"data.path={data}"] if data else []) + list(args.overrides)
-    cfg = load_config(args.recipe, overrides)
-    print(f"recipe: {args.recipe} ({recipe_path(args.recipe)})" + (f", overrides: {' '.join(args.overrides)}"
-                                                                   if args.overrides else ""), flush=True)
-    info = check_inputs(cfg)  # bad arch/dataset/batch: exit 2 before Ray starts
-    note = scale_note(cfg, stored_side(info))
-    if note:
-        print(note, flush=True)
-    work = prepare_workdir(args.workdir)
     tags = {"trigger": args.trigger, **parse_pairs(args.tag, "--tag")}
     if os.environ.get("RAY_JOB_SUBMISSION_ID"):
         tags["ray.job_submission_id"] = os.environ["RAY_JOB_SUBMISSION_ID"]
-    tracking_uri = args.tracking_uri or work.tracking_uri
-    with ray_session():
-        report = run_training(
-            cfg, tracking_uri=tracking_uri, storage=_absolute(args.storage or str(work.runs)),
-            run_name=args.run_name or new_run_name("train"), model_dir=work.root / "models",
-            experiment=args.experiment, artifact_location=None if args.tracking_uri else work.artifacts, tags=tags,
-            resume_from=_absolute(args.resume_from) if args.resume_from else None, source="alexnet train",
-        )
-    print(f"MLflow run id: {report.run_id}  run name: {report.run_name}")
-    print(f"best epoch: {report.best_epoch + 1} of {report.epochs}, val top-1 {report.val_top1:.4f}; "
-          f"checkpoint {report.checkpoint}")
-    print(f"model: {report.model_uri} {report.registered}")
+    cfg = load_config(args.recipe, ([f"data.path={data}"] if data else []) + list(args.overrides))
+    print(f"recipe: {args.recipe} ({recipe_path(args.recipe)})" + (f", overrides: {' '.join(args.overrides)}"
+                                                                   if args.overrides else ""), flush=True)
+    result = run_training(
+        cfg, tracking_uri=args.tracking_uri or work.tracking_uri, storage=storage,
+        run_name=args.run_name or new_run_name("train"), model_dir=work.root / "models", experiment=args.experiment,
+        artifact_location=None if args.tracking_uri else work.artifacts, tags=tags, resume_from=resume_from,
+        source="alexnet train", ray_session=lambda: run_session(work))
+    print(f"MLflow run id: {result.run_id}  run name: {result.run_name}")
+    print(f"best epoch: {result.best_epoch + 1} of {result.epochs}, val top-1 {result.val_top1:.4f}; "
+          f"checkpoint {result.checkpoint}")
+    print(f"model: {result.model_uri} {result.registered}")
     print(f"open the MLflow UI: {ui_hint(workdir=work.root, tracking_uri=args.tracking_uri)}")
     return 0
 

@@ -33,13 +33,13 @@ def run(args) -> int:
     import signal
     import subprocess
 
-    from alexnet.redaction import redact
+    from pipelines.redaction import redact
     from jobs.runtime import existing_store, sigterm_as_interrupt
     from pipelines.errors import UserError
 
     tracking_uri = existing_store(args)
     if tracking_uri.startswith(("http://", "https://")):
-        print(f"MLflow UI: {redact('uri', tracking_uri)} (the tracking server serves it)")
+        print(f"MLflow UI: {redact(tracking_uri)} (the tracking server serves it)")
         return 0
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: expected 1-65535")

@@ -1,0 +1,39 @@
+"""A model logged to MLflow, loaded by its URI: what `predict`, `evaluate` and the champion
+re-score read.
+
+The model's artifact is downloaded and read by alexnet.serve.model_files.load, the one loader of a
+model's files: `alexnet.json` and `weights.pt` (weights_only=True); whatever else a model version
+carries, a pickle or code, is never run here.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+
+from alexnet.serve.model_files import Classifier, load
+from alexnet.track.tracking import TrackingUnavailable, explain, is_outage, is_tracking_error, using_store
+from pipelines.errors import UserError, first_line
+from pipelines.redaction import redact
+
+
+def load_model(model_uri: str, tracking_uri: str | None = None, *, label: str | None = None) -> Classifier:
+    """An MLflow model URI (models:/alexnet@champion, models:/m-ID, runs:/ID/model) or a model
+    folder -> Classifier on CPU, in eval mode. `label` names the model in errors (default: the URI)."""
+    label = label or model_uri
+    if Path(model_uri).is_dir():
+        return load(model_uri, source=label)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with using_store(tracking_uri):
+                local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        except Exception as err:  # MLflow raises several types for a missing model, alias or run
+            if not is_tracking_error(err):
+                raise
+            uri = tracking_uri or mlflow.get_tracking_uri()
+            if is_outage(err) or getattr(err, "error_code", "") in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+                raise TrackingUnavailable(f"{label}: {explain(err, uri)}") from err
+            raise UserError(f"{label}: cannot load it from {redact(uri)}: {first_line(err)}") from None
+        return load(local, source=label)

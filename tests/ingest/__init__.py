@@ -1,0 +1,1 @@
+"""Ingest: an image source -> a Parquet dataset."""

@@ -1,0 +1,1 @@
+"""Jobs: the command line, its output, submission, scheduling, the cluster's config."""

@@ -1,0 +1,1 @@
+"""Layout: how the code and the suite are laid out."""

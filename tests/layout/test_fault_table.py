@@ -1,0 +1,26 @@
+"""docs/FAULTS.md is what the fault markers of the suite say, no more and no less."""
+
+from __future__ import annotations
+
+from tests.support import fault_table
+
+
+def test_the_fault_table_matches_the_suite():
+    rows = fault_table.collect()
+    assert rows, "no test carries a fault marker"
+    expected = fault_table.render(rows)
+    current = fault_table.TABLE.read_text() if fault_table.TABLE.is_file() else ""
+    assert current == expected, "docs/FAULTS.md is out of date: run `.venv/bin/python -m tests.support.fault_table`"
+
+
+def test_every_fault_names_an_outcome_and_a_positive_number_of_inputs():
+    for row in fault_table.collect():
+        assert row["outcome"].strip() and int(row["inputs"]) >= 1, row
+
+
+def test_every_test_sits_in_an_area_folder_with_a_title():
+    folders = {p.parent for p in fault_table.TESTS.rglob("test_*.py")}
+    assert folders and {f.name for f in folders} <= set(fault_table.AREA_ORDER), sorted(f.name for f in folders)
+    for folder in folders:
+        place, title = fault_table.area_of(f"tests/{folder.name}/x.py::t")
+        assert title and ":" in (folder / "__init__.py").read_text(), folder

@@ -1,0 +1,1 @@
+"""Serving: model files, prediction and evaluation."""

@@ -1,0 +1,1 @@
+"""Tracking and registry: MLflow runs, the champion rule, publishing through outages."""

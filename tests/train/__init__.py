@@ -1,0 +1,1 @@
+"""Training: config, networks, the driver and the Ray Train workers, checkpoints and clusters."""

@@ -1,0 +1,33 @@
+"""The train loop's input: one typed object the driver builds and Ray pickles to every worker."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import ray.cloudpickle
+
+from alexnet.config import Config, load_config
+from alexnet.train.loop import LoopInputs
+
+
+def test_loop_inputs_travel_to_a_worker_as_the_typed_config():
+    cfg = load_config("smoke", ["model.hidden=256", "optim.epochs=3"])
+    inputs = LoopInputs(config=cfg, dataset_version="v1", num_classes=3, pixel_mean=(0.5, 0.4, 0.3),
+                        pixel_std=(0.2, 0.2, 0.2), tracking_uri="sqlite:///mlflow.db", run_id="abc", run_name="r",
+                        storage="/tmp/runs", start=None, steps_per_epoch=7)
+    got = ray.cloudpickle.loads(ray.cloudpickle.dumps({"inputs": inputs}))["inputs"]
+    assert got == inputs and isinstance(got.config, Config)
+    assert (got.config.model.hidden, got.config.optim.epochs) == (256, 3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.steps_per_epoch = 8
+
+
+def test_an_epochs_report_maps_back_to_its_mlflow_metrics():
+    from alexnet.train.loop import METRIC_NAMES, epoch_metrics, from_report
+
+    sums = {"loss_sum": 8.0, "images": 4.0, "top1": 2.0, "top5": 4.0, "seconds": 2.0, "data_wait_s": 0.5}
+    metrics = epoch_metrics(3, 0.01, sums, sums, wall_s=2.5, world=1)
+    assert set(metrics) - {"epoch"} == set(METRIC_NAMES)
+    report = {k.replace("/", "_"): v for k, v in metrics.items()}
+    assert from_report(report) == {k: v for k, v in metrics.items() if k != "epoch"}
