@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 
-
 def plain_loop(cfg, info, epochs: int) -> float:
     """Images/s of a single-process loop over pre-decoded uint8 tensors (epoch 0 is warm-up)."""
     import numpy as np

@@ -15,6 +15,7 @@ import importlib
 import os
 import sys
 
+from jobs.runtime import configure_mlflow_client
 from pipelines.errors import UserError
 
 VERBOSE_HELP = "also show Ray's and MLflow's own logs (by default they go to the Ray session's logs folder)"
@@ -50,11 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from jobs import output
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    output.set_verbose(args.verbose)
-    if not args.verbose:  # MLflow's download bars (a model loaded for predict/evaluate) are its own output
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with output.redacted_output():  # argparse's own errors echo arguments too
+        args = build_parser().parse_args(argv)
+        output.set_verbose(args.verbose)
+        configure_mlflow_client()  # every command's MLflow calls fail in seconds, not minutes, on a dead server
+        if not args.verbose:  # MLflow's download bars (a model loaded for predict/evaluate) are its own output
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as err:

@@ -16,6 +16,7 @@ With `--verbose`, all of it reaches the terminal as Ray and MLflow print it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -23,6 +24,8 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+
+from pipelines.redaction import redact
 
 _verbose = False
 # Ray Data's progress when stdout is not a terminal: the log records of this logger, every
@@ -173,3 +176,29 @@ def ui_hint(*, workdir: Path | None = None, tracking_uri: str | None = None) -> 
 
         return f"{alexnet_command()} ui --tracking-uri {shlex.quote(redact(tracking_uri))}"
     return f"{alexnet_command()} ui --workdir {shlex.quote(str(workdir))}"
+
+
+class Redacting:
+    """A text stream that masks credentials (pipelines.redaction) in whatever is written through
+    it: the CLI's one output boundary, so no command's print, error line or echoed option can
+    show a password, whichever code path wrote it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name):  # flush, isatty, fileno, encoding...: the stream's own
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def redacted_output():
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = Redacting(sys.stdout), Redacting(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved

@@ -73,9 +73,10 @@ def run_session(work: Workdir):
 
 
 # MLflow's HTTP client retries for minutes by default (7 retries, backoff factor 2, 120 s
-# timeout): during a tracking-server outage that would stall rank 0's epoch loop. MetricLogger
-# keeps and re-sends metrics itself, so each call may fail fast. Set before ray.init so the
-# local Ray's workers inherit it; a user's own setting wins.
+# timeout): a dead server would hang promote, register or ui for minutes, and stall rank 0's epoch
+# loop. MetricLogger keeps and re-sends metrics itself, so each call may fail fast. Set by
+# jobs.cli for every command, before ray.init so the local Ray's workers inherit it; a user's
+# own setting wins.
 MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 

@@ -21,6 +21,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipelines.atomic import open_lock_file
 from pipelines.redaction import redact
 from jobs import schedule as sch
 from pipelines.errors import UserError, first_line
@@ -61,7 +62,7 @@ def locked(path: Path, wait_s: float = LOCK_WAIT_S):
     """The state's exclusive lock, or StateBusy after `wait_s`: ticks never queue up behind a slow one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
-    with open(lock_path, "w") as lock:
+    with os.fdopen(open_lock_file(lock_path), "r+b") as lock:
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -86,8 +87,8 @@ def read_data(s: sch.Schedule) -> tuple[sch.DataFacts | None, str]:
 
     try:
         info = load_info(s.data)
-    except UserError as err:
-        return None, str(err)
+    except (UserError, OSError) as err:  # a missing dataset, or its store failing this time
+        return None, first_line(err)
     return sch.DataFacts(info.version, info.num_images), ""
 
 
@@ -100,7 +101,10 @@ def read_metric(s: sch.Schedule, st: sch.ScheduleState) -> tuple[float | None, s
         mtime = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
     except (OSError, ValueError) as err:
         return None, f"{path}: {getattr(err, 'strerror', None) or err}"
-    value = raw.get(s.trigger.metric, (raw.get("metrics") or {}).get(s.trigger.metric))
+    nested = raw.get("metrics") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict) or not isinstance(nested or {}, dict):
+        return None, f"{path}: expected a JSON object, flat or with the metric under \"metrics\""
+    value = raw.get(s.trigger.metric, (nested or {}).get(s.trigger.metric))
     if not isinstance(value, (int, float)):
         return None, f"{path}: no numeric {s.trigger.metric!r}"
     if st.last_success_at and mtime <= sch.parse_iso(st.last_success_at):
@@ -124,10 +128,22 @@ def tick(schedules: list[sch.Schedule], state_path: Path, now: dt.datetime, conn
         with locked(state_path):
             states = load_state(state_path)
             for s in schedules:
-                lines += tick_one(s, states, state_path, now, connect, environ, agent_wait_s)
+                try:
+                    lines += tick_one(s, states, state_path, now, connect, environ, agent_wait_s)
+                except Exception as err:  # one schedule's fault (its store, its files) never stops the others
+                    lines.append(record_error(s, states, state_path, now, err))
     except StateBusy as err:
         lines.append(str(err))
     return [redact(line) for line in lines]
+
+
+def record_error(s: sch.Schedule, states: dict, state_path: Path, now: dt.datetime, err: Exception) -> str:
+    """`err` as the schedule's `last_error`, its slot and jobs as they were: the next tick tries again."""
+    st = states.get(s.name, sch.ScheduleState())
+    st.last_error, st.last_error_at = f"{type(err).__name__}: {first_line(err)}", sch.iso(now)
+    states[s.name] = st
+    save_state(state_path, states)
+    return f"{s.name}: error, the next tick tries again: {st.last_error}"
 
 
 def tick_one(s: sch.Schedule, states: dict, state_path: Path, now: dt.datetime, connect, environ,

@@ -1,11 +1,13 @@
 """Run a project command as a Ray job on a cluster, through the Ray Jobs API.
 
 The entrypoint is the same `python -m jobs.cli <command> ...` line one would type locally; the
-repo root travels as the job's `working_dir`, and the submitter's MLflow/AWS settings travel in
-the runtime env's `env_vars` (copied from the environment, never from files, and printed through
-`pipelines.redaction`). Credentials never go on the command line, which Ray keeps in its job table
-for anyone who can list jobs: a `--tracking-uri` carrying them moves into the job's
-MLFLOW_TRACKING_URI (the commands' default), and any other argument carrying them is refused.
+repo root travels as the job's `working_dir`, and the submitter's MLflow/AWS settings that are not
+secret (tracking URI, experiment, region, endpoints) travel in the runtime env's `env_vars`.
+Secrets never travel with a job: Ray keeps a job's command line and runtime env in its job table,
+which `ray job list`, `/api/jobs` and the dashboard show to anyone holding the cluster's token.
+The job uses the nodes' own credentials (an instance role for S3, `~/.mlflow/credentials` for
+MLflow: cluster.yaml writes them); secret variables in the submitter's environment are left out
+and named, and an argument, `--env`, `--pip` line or URI carrying a credential is refused.
 The connection itself (address, token, timeouts) is `jobs.cluster`.
 """
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexnet.track.provenance import COMMIT_ENV, git_commit
-from pipelines.redaction import is_secret, redact
+from pipelines.redaction import carries_credentials, is_secret, redact
 from jobs.cluster import AGENT_WAIT_S, agent_not_ready, job_info, wait_for_agent
 from pipelines.errors import UserError
 
@@ -32,17 +34,21 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]  # holds pipelines/, alexnet/
 EXCLUDES = [".venv", "venv", ".git", "alexnet-work", "mlruns", "mlartifacts", "*.db", "build", "dist",
             "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".devbundle", "benchmarks"]
 
-# Copied from the submitter's environment when set (printed through pipelines.redaction).
+# Copied from the submitter's environment when set: where things are, never a secret.
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_S3_ENDPOINT_URL",
-                 "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_REGION",
-                 "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_REGION", "AWS_DEFAULT_REGION",
                  "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")  # an S3-compatible store is reached as S3 is
+# Credentials a submitter often holds, which the job gets from its node instead (named when left out).
+# The username goes with them: it would override the node's own login, not pair with its password.
+NODE_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+JOB_TABLE = ("a job's command line and runtime env are stored in Ray's job table, which anyone with the "
+             "cluster's token can read")
+NODE_CREDENTIALS_HELP = ("give the cluster's nodes their own credentials (an instance role for S3, "
+                         "~/.mlflow/credentials for MLflow: docs/cluster.md)")
 # Ray's job supervisor SIGKILLs a stopped job's driver after RAY_JOB_STOP_WAIT_TIME_S (default 3 s);
 # the driver needs longer to mark its MLflow run KILLED over HTTP and shut its Ray session down.
 STOP_GRACE_ENV = {"RAY_JOB_STOP_WAIT_TIME_S": "30"}
-# option -> the variable that the commands having it read as its default
-URI_OPTIONS = {"--tracking-uri": "MLFLOW_TRACKING_URI"}
-URI_COMMANDS = ("train", "predict", "evaluate")
 
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}  # `--wait` and `jobs status` exit codes
 
@@ -56,7 +62,8 @@ class JobSpec:
     command: str  # one of COMMANDS
     args: tuple[str, ...] = ()  # passed through to `python -m jobs.cli <command>`
     submission_id: str = ""
-    env: dict = field(default_factory=dict)  # runtime env env_vars, secrets included
+    env: dict = field(default_factory=dict)  # runtime env env_vars: never a secret
+    withheld: tuple[str, ...] = ()  # secret variables of the submitter's environment left out
     pip: tuple[str, ...] = ()  # extra pip requirements installed for this job only
     metadata: dict = field(default_factory=dict)  # str -> str, shown by `alexnet jobs status`
 
@@ -71,37 +78,28 @@ class JobSpec:
         return env
 
 
-def forwarded_env(extra: dict | None = None, environ=os.environ) -> dict:
+def forwarded_env(extra: dict | None = None, environ=os.environ) -> tuple[dict, tuple[str, ...]]:
+    """(the job's env_vars, the secret variables of `environ` left out). `extra` (--env) and the
+    forwarded URIs are checked: a secret there is refused, not dropped."""
     env = {**STOP_GRACE_ENV, **{k: environ[k] for k in FORWARDED_ENV if environ.get(k)}}
-    env.update(extra or {})
-    return env
+    for name, value in (extra or {}).items():
+        if is_secret(name) or name in NODE_CREDENTIALS or redact(value) != value:
+            raise UserError(f"--env {name}={redact(value, name)}: {JOB_TABLE}; {NODE_CREDENTIALS_HELP}")
+        env[name] = value
+    for name, value in env.items():
+        if carries_credentials(value):
+            raise UserError(f"{name}={redact(value)} carries a password: {JOB_TABLE}; put the server's address "
+                            f"alone in {name} and {NODE_CREDENTIALS_HELP}")
+    return env, tuple(k for k in NODE_CREDENTIALS if environ.get(k))
 
 
-def credentials_to_env(command: str, args: list[str]) -> tuple[list[str], dict]:
-    """(args without credentials, env vars carrying them): a URI option whose value holds
-    credentials moves into the variable its command reads instead; any other argument that holds
-    credentials is refused, naming it (masked)."""
-    kept, env = [], {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        name, eq, value = arg.partition("=")
-        if name in URI_OPTIONS and command in URI_COMMANDS and (eq or i + 1 < len(args)):
-            value = value if eq else args[i + 1]
-            step = 1 if eq else 2
-            if redact(value) != value:
-                env[URI_OPTIONS[name]] = value
-            else:
-                kept += args[i:i + step]
-            i += step
-            continue
-        if redact(arg) != arg or (arg.startswith("--") and is_secret(arg) and i + 1 < len(args)):
-            raise UserError(f"argument {redact(arg)!r} carries a credential, and a job's command line is "
-                            f"stored in Ray's job table: pass it in the environment instead (MLFLOW_TRACKING_*, "
-                            f"AWS_*, or --env NAME=VALUE)")
-        kept.append(arg)
-        i += 1
-    return kept, env
+def refuse_credentials(args: list[str] | tuple[str, ...], what: str = "argument") -> None:
+    """A job's command line (and --pip lines, also in the job table) must hold no credential:
+    refused, naming the argument masked."""
+    for i, arg in enumerate(args):
+        secret_option = arg.startswith("--") and "=" not in arg and is_secret(arg) and i + 1 < len(args)
+        if redact(arg) != arg or secret_option:
+            raise UserError(f"{what} {redact(arg)!r} carries a credential: {JOB_TABLE}; {NODE_CREDENTIALS_HELP}")
 
 
 def config_hash(command: str, args: list[str] | tuple[str, ...]) -> str:
@@ -138,7 +136,9 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
                environ=os.environ) -> JobSpec:
     if command not in COMMANDS:
         raise UserError(f"submit {command!r}: expected one of {', '.join(COMMANDS)}")
-    args, credential_env = credentials_to_env(command, list(args))
+    args = list(args)
+    refuse_credentials(args)
+    refuse_credentials(pip or (), "--pip")
     if command == "train":
         if not recipe and "--recipe" not in args:
             raise UserError("submit train: --recipe is required (a shipped recipe such as paper or torchvision, "
@@ -147,14 +147,14 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
         args = (["--recipe", recipe_arg(recipe)] if recipe else []) + args
         args += ["--run-name", run_name, "--trigger", trigger or "manual"]
         args += [a for k, v in (tags or {}).items() for a in ("--tag", f"{k}={v}")]
-        credentials_to_env(command, args)  # a --tag or --run-name may carry one too
+        refuse_credentials(args)  # a --tag or --run-name may carry one too
     elif recipe or run_name or trigger or tags:
         raise UserError(f"submit {command}: --recipe, --run-name, --trigger and --tag apply to train only")
     digest = config_hash(command, args)
     if not submission_id:
         nonce = hashlib.sha256(f"{time.time_ns()}{os.getpid()}".encode()).hexdigest()[:6]
         submission_id = f"alexnet-{command}-{slug(run_name or time.strftime('%Y%m%d-%H%M%S'))}-{nonce}"
-    job_env = {**forwarded_env(env, environ), **credential_env}
+    job_env, withheld = forwarded_env(env, environ)
     # Ray does not export the submission id to the entrypoint; train tags its MLflow run with it.
     job_env["RAY_JOB_SUBMISSION_ID"] = submission_id
     commit = git_commit() or ""
@@ -162,7 +162,7 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
         job_env[COMMIT_ENV] = commit  # the upload leaves .git behind: the job's run logs this commit
     meta = {"user": getpass.getuser(), "command": command, "config_hash": digest, "git_commit": commit,
             **({"run_name": run_name} if run_name else {}), **(metadata or {})}
-    return JobSpec(command, tuple(args), submission_id, job_env, tuple(pip or ()),
+    return JobSpec(command, tuple(args), submission_id, job_env, withheld, tuple(pip or ()),
                    {k: str(v) for k, v in meta.items()})
 
 
@@ -173,6 +173,9 @@ def describe(spec: JobSpec, address: str) -> str:
         lines.append("  env: " + " ".join(f"{k}={v}" for k, v in sorted(((k, redact(v, k)) for k, v in spec.env.items()))))
     if spec.pip:
         lines.append("  pip: " + " ".join(spec.pip))
+    if spec.withheld:
+        lines.append(f"  not sent (secrets stay out of Ray's job table; the job uses its node's credentials): "
+                     f"{' '.join(spec.withheld)}")
     return "\n".join(lines)
 
 

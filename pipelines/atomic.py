@@ -13,13 +13,16 @@ raises uploads nothing.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
+import stat
 import uuid
 from typing import BinaryIO, Callable
 
 from pipelines import storage
+from pipelines.errors import UserError
 from pipelines.storage import Location
 
 Writer = Callable[[BinaryIO], None]
@@ -108,3 +111,21 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def open_lock_file(path: str | os.PathLike, *, create: bool = True) -> int:
+    """A lock file's descriptor, opened without following a symlink and only if it is a regular
+    file: a `.lock` link planted in a shared folder must not make us truncate or write the file it
+    points to (nor block on a FIFO). With `create` False it is opened read-only (enough for a shared
+    flock), and FileNotFoundError means no lock."""
+    flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"{path}: a symbolic link where a lock file belongs; remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{path}: not a regular file where a lock file belongs; remove it")
+    return fd

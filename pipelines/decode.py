@@ -133,30 +133,39 @@ def source_array(data: bytes) -> np.ndarray:
 
 
 def jpeg_size(data) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's frame header (SOFn), without decoding; None if not found."""
+    """(width, height) from a JPEG's frame header (SOFn), without decoding; None if there is none.
+    Walks the segments as libjpeg does: bytes that are not a marker are skipped up to the next 0xFF
+    (libjpeg warns "extraneous bytes before marker" and decodes on), so junk between segments
+    cannot hide the frame header from this check while the decoder still finds it."""
     data = memoryview(data)
     i, n = 2, len(data)
     while i + 4 <= n:
         if data[i] != 0xFF:
-            return None
+            i += 1
+            continue
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers: no length
+        if marker in (0x00, 0x01, *range(0xD0, 0xD8)):  # stuffed byte and standalone markers: no length
             i += 2
             continue
+        if marker == 0xD9:  # end of image before any frame header
+            return None
         length = (data[i + 2] << 8) | data[i + 3]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 9 <= n:
-            return (data[i + 7] << 8) | data[i + 8], (data[i + 5] << 8) | data[i + 6]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return ((data[i + 7] << 8) | data[i + 8], (data[i + 5] << 8) | data[i + 6]) if i + 9 <= n else None
         i += 2 + length
     return None
 
 
 def _check_jpeg(data) -> None:
+    """The pixel limit, from the frame header. A JPEG whose size cannot be read is refused, not
+    handed to a decoder that might still find a frame (and allocate whatever it claims)."""
     size = jpeg_size(data)
-    if size is not None:
-        _check_pixels(*size)
+    if size is None:
+        raise ImageDecodeError("not a decodable JPEG: no frame header (SOFn) with its size")
+    _check_pixels(*size)
 
 
 def decode_stored(data, *, height: int = 0, width: int = 0, shorter_side: int | None = None) -> np.ndarray:

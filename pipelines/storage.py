@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs
 
 from pipelines.errors import UserError
-from pipelines.redaction import redact
+from pipelines.redaction import carries_credentials, redact
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -58,11 +58,10 @@ def locate(target: str | os.PathLike) -> Location:
     """A local path (relative ones made absolute) or a URI -> Location. UserError for a URI
     pyarrow cannot open or one that carries credentials or options."""
     if not is_uri(target):
-
         path = os.path.abspath(os.fspath(target))
         return Location(pyarrow.fs.LocalFileSystem(), path, path)
     parts = urlsplit(target)
-    if parts.password or parts.query:
+    if carries_credentials(target) or parts.query:
         raise UserError(f"{redact(target)}: credentials and options do not belong in the URI (it is printed "
                         "and stored); use the standard variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) "
                         "or an instance role")

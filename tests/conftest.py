@@ -17,8 +17,6 @@ from tests.support import free_port, new_bucket
 VENV_BIN = Path(sys.executable).parent
 
 
-
-
 # The S3-compatible server of the object-storage tests (fixture `s3_server`) is reached only as a
 # user reaches S3: through the standard variables, which pyarrow reads. They are set here, before
 # any fixture starts Ray, so Ray's workers and the CLI subprocesses inherit them; no real

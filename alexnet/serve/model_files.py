@@ -131,10 +131,27 @@ def load(directory: str | os.PathLike, *, source: str | None = None) -> Classifi
         raise ModelFileError(f"{source}: {WEIGHTS_FILE} is not a readable weights file ({first_line(err)})") from None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise ModelFileError(f"{source}: {WEIGHTS_FILE} is not a state_dict (a mapping of names to tensors)")
+    misfit = _misfit(spec, weights)
+    if misfit:
+        raise ModelFileError(f"{source}: {WEIGHTS_FILE} does not fit {SPEC_FILE} ({misfit})")
     try:
         return build(spec, weights)
     except RuntimeError as err:  # missing/unexpected keys, wrong shapes
         raise ModelFileError(f"{source}: {WEIGHTS_FILE} does not fit {SPEC_FILE} ({first_line(err)})") from None
+
+
+def _misfit(spec: ModelSpec, weights: dict) -> str:
+    """What differs between the network `spec` describes and the tensors in `weights`, found on
+    PyTorch's meta device: nothing is allocated for a spec (a crafted `hidden` or class list) that
+    claims more than the weights file holds."""
+    with torch.device("meta"):
+        wanted = {k: tuple(v.shape) for k, v in build_model(spec.arch, len(spec.classes), hidden=spec.hidden)
+                  .state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    for key in sorted(wanted.keys() | got.keys()):
+        if wanted.get(key) != got.get(key):
+            return f"{key}: {SPEC_FILE} needs {wanted.get(key, 'nothing')}, the weights hold {got.get(key, 'nothing')}"
+    return ""
 
 
 def read_spec(directory: str | os.PathLike, source: str | None = None) -> ModelSpec:

@@ -229,7 +229,13 @@ def tracked_run(tracking_uri: str, *, experiment: str, run_name: str, tags: dict
     try:
         yield run_id
     except KeyboardInterrupt:
-        finish_run(tracking_uri, run_id, "KILLED", retry=False)
+        # Ctrl-C may land mid-call into the store (the run opening, params being logged): whatever
+        # that leaves behind, marking the run is best effort and the interrupt still wins (exit 130).
+        try:
+            finish_run(tracking_uri, run_id, "KILLED", retry=False)
+        except Exception as err:
+            print(f"[tracking] could not mark MLflow run {run_id} KILLED ({first_line(err)}); "
+                  f"it shows RUNNING until set by hand", file=sys.stderr)
         raise
     except BaseException:
         finish_run(tracking_uri, run_id, "FAILED")
@@ -260,9 +266,6 @@ def set_tags(tracking_uri: str, run_id: str, tags: dict) -> None:
 def log_dataset(tracking_uri: str, run_id: str, info) -> None:
     """The Parquet dataset as the run's input (MLflow dataset tracking): its folder name, its
     version as the digest, where it lives, the shards' column schema and the images per split."""
-
-
-
     types = {"string": "string", "binary": "binary", "int32": "integer", "int64": "long", "float": "float",
              "double": "double", "bool": "boolean"}
     schema = Schema([ColSpec(types[str(f.type)], f.name) for f in SCHEMA])

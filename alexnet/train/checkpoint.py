@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.fs
@@ -21,9 +22,13 @@ import torch
 
 from pipelines import storage
 from pipelines.atomic import write_atomic
+from pipelines.errors import UserError, first_line
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+# Waits between tries of a read that failed for a reason other than "not found" (an S3 hiccup):
+# answering "no checkpoint" then would restart a long run at epoch 0.
+READ_RETRY_WAITS_S = (1.0, 3.0)
 
 
 def save(directory: str | os.PathLike, *, model, optimizer, plateau: dict, epoch: int, config: dict,
@@ -88,28 +93,42 @@ def read_meta(checkpoint: str | os.PathLike) -> dict:
 def find_latest(storage_path: str, run_name: str) -> tuple[str, int] | None:
     """(checkpoint path or URI, its epoch) of the highest epoch stored for `run_name` under
     `storage_path` (a folder or a URI such as s3://bucket/runs), or None when the run has no
-    complete checkpoint."""
+    complete checkpoint. A store that fails to answer (after READ_RETRY_WAITS_S) is a UserError,
+    never "no checkpoint"."""
     run = storage.locate(storage_path).join(run_name)
-    try:
-        entries = storage.listing(run)
-    except OSError:
-        return None
+    entries = _reading(lambda: storage.listing(run), run)
     best = None
     for entry in entries:
         if entry.type != pyarrow.fs.FileType.Directory or not entry.base_name.startswith("checkpoint_"):
             continue
         folder = run.join(entry.base_name)
         try:
-            meta = json.loads(storage.read_bytes(folder.join(META_FILE)))
+            meta = json.loads(_reading(lambda: storage.read_bytes(folder.join(META_FILE)), folder))
             epoch = int(meta["epoch"])
-            state = folder.fs.get_file_info(folder.join(STATE_FILE).path)
+            state = _reading(lambda: folder.fs.get_file_info(folder.join(STATE_FILE).path), folder)
             if state.type != pyarrow.fs.FileType.File or state.size != meta.get("state_bytes", state.size):
                 continue  # upload cut off (a killed driver or worker): not a checkpoint to resume from
-        except (OSError, ValueError, KeyError):
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
             continue  # half-uploaded or foreign: not a checkpoint to resume from
         if best is None or epoch > best[1]:
             best = (folder.uri, epoch)
     return best
+
+
+def _reading(call, where: storage.Location):
+    """`call()`, tried again after each of READ_RETRY_WAITS_S when the store fails; "not found"
+    is an answer, not a failure."""
+    for wait in (*READ_RETRY_WAITS_S, None):
+        try:
+            return call()
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            if wait is None:
+                raise UserError(f"cannot read the checkpoints at {where.uri} ({first_line(err)}; "
+                                f"{len(READ_RETRY_WAITS_S) + 1} tries): nothing was started, so the run "
+                                f"does not restart from epoch 0 by mistake; run it again once the store answers") from None
+            time.sleep(wait)
 
 
 def uri_of(storage_path: str, path: str) -> str:

@@ -2,9 +2,10 @@
 
 ARGS after `--` go to `python -m jobs.cli COMMAND` unchanged, e.g.
   alexnet submit train --address http://HEAD:8265 --recipe smoke --wait -- --data /mnt/data/shapes
-The project directory is uploaded as the job's working_dir; MLFLOW_* and AWS_* variables set here
-travel in the job's runtime env (secrets shown as ***), and so does a --tracking-uri holding
-credentials. A token-authenticated cluster gets Ray's token: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH
+The project directory is uploaded as the job's working_dir; the MLflow/AWS settings set here that
+are not secret (tracking URI, experiment, region, endpoints) travel in the job's runtime env.
+Passwords, tokens and keys never do (Ray's job table shows a job's command line and environment):
+the job uses its node's credentials, and an argument holding one is refused. A token-authenticated cluster gets Ray's token: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH
 or ~/.ray/auth_token. With --wait the log streams here until the job ends, however long it runs
 and across dropped connections, and the exit code is the job's: SUCCEEDED 0, FAILED 1, STOPPED 3.
 """
@@ -23,7 +24,7 @@ def _options(p) -> None:
     p.add_argument("--run-name", help="train only: Ray/MLflow run name (default: train-<time>)")
     p.add_argument("--trigger", choices=("manual", "schedule", "new-data"), help="train only: why (an MLflow tag; default manual)")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="train only: extra MLflow run tag (repeatable)")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment variable for the job (repeatable)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment variable for the job (repeatable; never a secret)")
     p.add_argument("--pip", action="append", default=[], metavar="REQ", help="extra pip requirement for this job (repeatable)")
     p.add_argument("--submission-id", help="job id (default: alexnet-COMMAND-RUNNAME-<hash>); an existing id is refused")
     p.add_argument("--wait", action="store_true", help="stream the log until the job ends; exit with its outcome")

@@ -19,13 +19,14 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def ui_command(tracking_uri: str, port: int) -> list[str]:
+def ui_command(port: int) -> list[str]:
+    """`mlflow ui` on loopback. Its store travels in MLFLOW_BACKEND_STORE_URI (MLflow's own variable),
+    not on the command line, which any local user reads in /proc or `ps`."""
     import sys
     from pathlib import Path
 
     mlflow = Path(sys.executable).with_name("mlflow")
-    return [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", tracking_uri,
-            "--host", "127.0.0.1", "--port", str(port)]
+    return [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
 
 
 def run(args) -> int:
@@ -43,10 +44,11 @@ def run(args) -> int:
         return 0
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: expected 1-65535")
-    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {tracking_uri}; Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {redact(tracking_uri)}; Ctrl-C stops it)", flush=True)
     # Its own process group: the server's workers are stopped with it, Ctrl-C or SIGTERM alike.
     with sigterm_as_interrupt():
-        proc = subprocess.Popen(ui_command(tracking_uri, args.port), start_new_session=True)
+        proc = subprocess.Popen(ui_command(args.port), start_new_session=True,
+                                env={**os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri})
         try:
             return proc.wait()
         except KeyboardInterrupt:

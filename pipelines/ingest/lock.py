@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from pipelines import storage
-from pipelines.atomic import write_atomic
+from pipelines.atomic import open_lock_file, write_atomic
 from pipelines.errors import UserError
 from pipelines.storage import Location
 
@@ -81,7 +81,7 @@ class LocalLock:
     def acquire(self) -> None:
         while True:
             os.makedirs(self.dest.path, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lock_file(self.path)
             if not _try_flock(fd, fcntl.LOCK_EX):
                 holder = _parse(os.pread(fd, 4096, 0))
                 os.close(fd)
@@ -132,7 +132,7 @@ def probe(dest: Location, stale_s: float = STALE_S) -> None:
             raise busy_error(dest, current, f", last heartbeat {time.time() - current['heartbeat']:.0f} s ago")
         return
     try:
-        fd = os.open(os.path.join(dest.path, LOCK_FILE), os.O_RDONLY)
+        fd = open_lock_file(os.path.join(dest.path, LOCK_FILE), create=False)
     except FileNotFoundError:
         return
     try:

@@ -94,8 +94,6 @@ def test_raw_pixels_need_their_shape():
         decode_stored(src.tobytes(), height=11, width=12)
 
 
-
-
 @pytest.mark.fault("image over the pixel limit (PNG header, JPEG frame header, nvJPEG batch)", inputs=3,
                    outcome="ImageDecodeError 'too large' before any pixel is decoded; an image under the limit decodes")
 def test_images_over_the_pixel_limit_are_refused_before_decoding(monkeypatch):
@@ -108,6 +106,28 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(monkeypatch):
         with pytest.raises(ImageDecodeError, match="too large: 100x120 px"):
             call()
     assert decode_stored(_encode(_picture(50, 60), "JPEG")).shape == (3, 50, 60)  # under the limit
+
+
+def _junk_before_frame(jpeg: bytes) -> bytes:
+    """`jpeg` with junk bytes between two segments, just before the frame header (SOF0): libjpeg
+    skips them ("extraneous bytes before marker") and decodes the image as before."""
+    sof = jpeg.index(b"\xff\xc0")
+    return jpeg[:sof] + b"\x00junk" + jpeg[sof:]
+
+
+@pytest.mark.fault("a JPEG with junk bytes before its frame header; one with no frame header", inputs=2,
+                   outcome="the size check still reads the junked one's size ('too large'); the headless one is refused")
+def test_junk_between_segments_does_not_skip_the_size_check(monkeypatch):
+    junked = _junk_before_frame(_encode(_picture(120, 100), "JPEG"))
+    assert decode_stored(junked).shape == (3, 120, 100)  # the decoders still find the frame: the threat is real
+    assert jpeg_size(junked) == (100, 120)
+    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 100 * 100)
+    for call in (lambda: decode_stored(junked), lambda: decode.decode_jpeg_batch([junked], "cpu")):
+        with pytest.raises(ImageDecodeError, match="too large: 100x120 px"):
+            call()
+    headless = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"
+    with pytest.raises(ImageDecodeError, match="no frame header"):
+        decode_stored(headless)
 
 
 @pytest.mark.fault("decompression bomb: a 40000 x 40000 PNG header (4.8 GB decoded)", inputs=1,

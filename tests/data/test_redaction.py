@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipelines.redaction import is_secret, redact
+from pipelines.redaction import carries_credentials, is_secret, redact
 from alexnet.track.tracking import flatten_params
 from jobs import cluster
 from jobs import submit as js
@@ -60,40 +60,64 @@ def test_params_and_tags_use_the_same_rule():
     assert flat["tracking"] == "https://***@h/" and flat["env.GITHUB_PAT"] == "***"
 
 
-@pytest.mark.fault("a tracking URI password, an AWS key id and WANDB_API_KEY, DB_PASS, GITHUB_PAT "
-                   "given to `submit`", inputs=5,
-                   outcome="the job's env carries them; the printed description holds none")
-def test_submit_prints_no_credential_from_the_environment_or_env_options(capsys, monkeypatch):
-    environ = {"MLFLOW_TRACKING_URI": f"https://user:{PASSWORD}@mlflow.example.com", "AWS_ACCESS_KEY_ID": "AKIA1"}
-    spec = js.build_spec("ingest", ["/src", "/dest"], environ=environ,
-                         env={"WANDB_API_KEY": PASSWORD, "DB_PASS": PASSWORD, "GITHUB_PAT": PASSWORD, "MODE": "fast"})
-    env = spec.runtime_env()["env_vars"]
-    assert env["MLFLOW_TRACKING_URI"] == environ["MLFLOW_TRACKING_URI"] and env["GITHUB_PAT"] == PASSWORD
-    text = js.describe(spec, "http://head:8265")
-    assert PASSWORD not in text and "AKIA1" not in text
-    assert "MLFLOW_TRACKING_URI=https://***@mlflow.example.com" in text and "MODE=fast" in text
-    for name in ("WANDB_API_KEY", "DB_PASS", "GITHUB_PAT", "AWS_ACCESS_KEY_ID"):
-        assert f"{name}=***" in text
-    assert redact(env["DB_PASS"], "DB_PASS") == "***"
+@pytest.mark.fault("an AWS secret key holding /, @ or : in an s3:// URI", inputs=3,
+                   outcome="masked up to the last @; the storage check refuses the URI without echoing it")
+@pytest.mark.parametrize("secret", ["wJalrXUtnFEMI/K7MDENG/bPxRfiCY", "pa@ss/w0rd", "a:b/c@d"])
+def test_secrets_with_slash_at_or_colon_are_masked_and_refused(secret):
+    from pipelines.storage import locate
+
+    uri = f"s3://AKIAEXAMPLE:{secret}@bucket/datasets/photos"
+    assert carries_credentials(uri)
+    assert redact(f"--data {uri} --epochs 2") == "--data s3://***@bucket/datasets/photos --epochs 2"
+    with pytest.raises(UserError, match="credentials and options do not belong in the URI") as err:
+        locate(uri)
+    assert secret not in str(err.value) and "AKIAEXAMPLE" not in str(err.value)
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000/path@x", "s3://bucket/photos@2x/a.jpg", "https://h/a:b@c",
+                                 "file:///tmp/a@b"])
+def test_an_at_sign_in_a_path_is_not_a_credential(uri):
+    assert not carries_credentials(uri) and redact(uri) == uri
+
+
+@pytest.mark.fault("secrets given to `submit`: MLFLOW_TRACKING_PASSWORD and AWS keys in the environment, "
+                   "a tracking URI password in MLFLOW_TRACKING_URI, --env WANDB_API_KEY / DB_PASS / GITHUB_PAT, "
+                   "a --pip line with a git token", inputs=7,
+                   outcome="the environment's are left out of the job and named; the others are refused "
+                           "without echoing the secret")
+def test_submit_sends_no_secret_to_the_job(capsys):
+    environ = {"MLFLOW_TRACKING_URI": "https://mlflow.example.com", "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+               "AWS_ACCESS_KEY_ID": "AKIA1", "AWS_SECRET_ACCESS_KEY": PASSWORD, "AWS_REGION": "us-west-2"}
+    spec = js.build_spec("ingest", ["/src", "/dest"], environ=environ, env={"MODE": "fast"})
+    assert PASSWORD not in str(spec.runtime_env()) and "AKIA1" not in str(spec.runtime_env())
+    assert spec.runtime_env()["env_vars"]["MODE"] == "fast" and spec.runtime_env()["env_vars"]["AWS_REGION"] == "us-west-2"
+    assert spec.withheld == ("MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    refused = [dict(environ={"MLFLOW_TRACKING_URI": f"https://user:{PASSWORD}@mlflow.example.com"}),
+               *(dict(env={name: PASSWORD}) for name in ("WANDB_API_KEY", "DB_PASS", "GITHUB_PAT")),
+               dict(pip=[f"git+https://{PASSWORD}@github.com/org/lib@v1"])]
+    for kwargs in refused:
+        with pytest.raises(UserError, match="job table") as err:
+            js.build_spec("ingest", ["/src", "/dest"], **{"environ": {}, **kwargs})
+        assert PASSWORD not in str(err.value), kwargs
 
 
 @pytest.mark.fault("--tracking-uri with a password (2 spellings)", inputs=2,
-                   outcome="moved to the job's env; the entrypoint and description hold no password")
+                   outcome="refused before submitting, the password not echoed")
 @pytest.mark.parametrize("form", ["separate", "equals"])
-def test_a_tracking_uri_with_credentials_travels_in_the_job_env(form):
+def test_a_tracking_uri_with_credentials_is_refused(form):
     uri = f"https://user:{PASSWORD}@mlflow.example.com"
     args = ["--data", "/d", *(["--tracking-uri", uri] if form == "separate" else [f"--tracking-uri={uri}"])]
-    spec = js.build_spec("train", args, recipe="smoke", run_name="r1")
-    assert PASSWORD not in spec.entrypoint and "--tracking-uri" not in spec.entrypoint
-    assert spec.runtime_env()["env_vars"]["MLFLOW_TRACKING_URI"] == uri  # train's default: $MLFLOW_TRACKING_URI
-    assert PASSWORD not in js.describe(spec, "http://head:8265")
+    with pytest.raises(UserError, match="carries a credential") as err:
+        js.build_spec("train", args, recipe="smoke", run_name="r1")
+    assert PASSWORD not in str(err.value) and "~/.mlflow/credentials" in str(err.value)
     plain = js.build_spec("train", ["--tracking-uri", "http://mlflow:5000"], recipe="smoke", run_name="r2")
     assert "--tracking-uri http://mlflow:5000" in plain.entrypoint  # nothing secret: stays visible
 
 
-@pytest.mark.fault("a --set URI, --password and a --tag with credentials on a job's command line", inputs=3,
+@pytest.mark.fault("a --set URI (its secret holding /), --password and a --tag with credentials on a job's "
+                   "command line", inputs=3,
                    outcome="refused without echoing the secret")
-@pytest.mark.parametrize("args", [["--set", f"data.path=s3://ak:{PASSWORD}@bucket/d"], ["--password", PASSWORD],
+@pytest.mark.parametrize("args", [["--set", f"data.path=s3://ak:{PASSWORD}/x@bucket/d"], ["--password", PASSWORD],
                                   ["--tag", f"api_key={PASSWORD}"]])
 def test_other_arguments_with_credentials_are_refused_without_echoing_them(args):
     with pytest.raises(UserError, match="carries a credential") as err:
@@ -101,20 +125,28 @@ def test_other_arguments_with_credentials_are_refused_without_echoing_them(args)
     assert PASSWORD not in str(err.value)
 
 
-@pytest.mark.fault("a real submit with a tracking URI holding a password", inputs=1,
-                   outcome="Ray's job table, the printed lines and `jobs status` hold no password")
-def test_the_job_table_never_holds_the_tracking_password(ray_head, tmp_path, capsys):
-    """A real submit: Ray's job table (what `ray job list` and the dashboard show) has no password."""
-    uri = f"http://user:{PASSWORD}@127.0.0.1:9/"  # nothing listens: the job fails fast after starting
+@pytest.mark.fault("a real submit from an environment holding MLflow and AWS secrets", inputs=1,
+                   outcome="no password in the whole job record (get_job_info, /api/jobs), the printed lines "
+                           "or `jobs status`")
+def test_the_job_table_never_holds_a_secret(ray_head, tmp_path, capsys, monkeypatch):
+    """A real submit: Ray's job table (what `ray job list`, /api/jobs and the dashboard show) has no secret."""
+    import urllib.request
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", PASSWORD)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", PASSWORD)
     sid = f"test-redact-{os.getpid()}"
     assert main(["submit", "evaluate", "--address", ray_head, "--submission-id", sid, "--",
-                 "--model", "models:/m/1", "--data", str(tmp_path / "missing"), "--tracking-uri", uri]) == 0
+                 "--model", "models:/m/1", "--data", str(tmp_path / "missing"),
+                 "--tracking-uri", "http://127.0.0.1:9/"]) == 0  # nothing listens: the job fails fast
     printed = capsys.readouterr().out
+    assert "not sent" in printed and "MLFLOW_TRACKING_PASSWORD" in printed
     client = cluster.connect(ray_head)
     try:
-        info = client.get_job_info(sid)
-        assert PASSWORD not in printed and PASSWORD not in info.entrypoint
-        assert "--tracking-uri" not in info.entrypoint
+        assert PASSWORD not in printed and PASSWORD not in repr(client.get_job_info(sid))
+        request = urllib.request.Request(f"{ray_head}/api/jobs/", headers=cluster.auth_headers())
+        table = urllib.request.urlopen(request, timeout=30).read().decode()
+        assert sid in table and PASSWORD not in table
         assert main(["jobs", "status", sid, "--address", ray_head]) in (0, 1)
         assert PASSWORD not in capsys.readouterr().out
     finally:

@@ -118,3 +118,30 @@ def test_a_failed_first_run_removes_only_what_it_wrote(ray_local, tmp_path):
     with pytest.raises(UserError, match="--strict: 1 file"):
         ingest(src, dest, IngestOptions(resize=48, min_side=16, strict=True), progress=meanwhile)
     assert snapshot(dest) == {"notes.txt": b"mine"}  # no shard, no lock, no empty split folder
+
+
+@pytest.mark.fault("a lock file planted as a symlink (ingest's DEST/.ingest.lock, the scheduler's state lock) "
+                   "or as a FIFO", inputs=3,
+                   outcome="refused naming the lock file; the file it points to is neither truncated nor written")
+def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path):
+    from jobs.schedule_state import locked
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / LOCK_FILE).symlink_to(victim)
+    with pytest.raises(UserError, match=f"{LOCK_FILE}: a symbolic link"):
+        LocalLock(storage.locate(dest)).acquire()
+    state = tmp_path / "schedules" / "state.json"
+    state.parent.mkdir()
+    state.with_name("state.json.lock").symlink_to(victim)
+    with pytest.raises(UserError, match="state.json.lock: a symbolic link"):
+        with locked(state):
+            pass
+    assert victim.read_text() == "precious"
+    fifo = tmp_path / "fifo-dest"
+    fifo.mkdir()
+    os.mkfifo(fifo / LOCK_FILE)
+    with pytest.raises(UserError, match="not a regular file"):
+        LocalLock(storage.locate(fifo)).acquire()

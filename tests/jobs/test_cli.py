@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from jobs.cli import COMMANDS, build_parser
+from jobs.cli import COMMANDS, build_parser, main
 
 
 def _alexnet(*args, timeout=120):
@@ -102,3 +102,14 @@ def test_train_names_the_recipe_it_runs_in_its_first_line(tmp_path):
     assert r.returncode == 2
     first = r.stdout.splitlines()[0]
     assert first.startswith("recipe: demo (") and "demo.yaml" in first and "optim.epochs=3" in first
+
+
+@pytest.mark.fault("a password inside an option's value (`train --set`), echoed and then refused", inputs=1,
+                   outcome="exit 2; neither the echoed overrides nor the error line show the password")
+def test_the_cli_output_never_shows_a_password(tmp_path, capsys):
+    password = "hunter2/cli@Pw"
+    rc = main(["train", "--recipe", "smoke", "--data", str(tmp_path / "none"), "--workdir", str(tmp_path / "w"),
+               "--set", f"optim.lr=https://user:{password}@mlflow.example.com"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "***@mlflow.example.com" in out + err
+    assert password not in out + err and "hunter2" not in out + err

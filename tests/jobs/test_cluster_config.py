@@ -5,7 +5,9 @@ token authentication, shared storage and a run name per job, behind a NetworkPol
 from __future__ import annotations
 
 import copy
+import json
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,58 @@ def test_mlflow_on_the_head_is_durable_and_asks_for_a_login():
     assert "postgresql://" not in (ROOT / "cluster.yaml").read_text()  # the URIs and passwords come from SSM
     workers = [t for name, t in cfg["available_node_types"].items() if name != cfg["head_node_type"]]
     assert all(t["node_config"].get("IamInstanceProfile") for t in workers)  # Ray gives workers no role for S3
+
+
+SSM = {"/alexnet/ray/auth-token": "ray-token-0123", "/alexnet/mlflow/jobs-password": "pa%ss/wo@rd"}
+
+
+def _run_node_setup(tmp_path: Path, ssm: dict) -> subprocess.CompletedProcess:
+    """cluster.yaml's setup commands that fetch the node's credentials, run by bash as the launcher
+    runs them, with a stand-in `aws` answering from `ssm` (no cloud call) and HOME in tmp_path."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "aws"
+    fake.write_text("#!/usr/bin/env python3\nimport json, sys\nargs = sys.argv[1:]\n"
+                    f"ssm = json.loads({json.dumps(json.dumps(ssm))})\n"
+                    "name = args[args.index('--name') + 1]\n"
+                    "if name not in ssm: sys.exit('ParameterNotFound: ' + name)\nprint(ssm[name])\n")
+    fake.chmod(0o755)
+    commands = [c for c in load("cluster.yaml")["setup_commands"] if "ssm get-parameter" in c]
+    assert commands
+    env = {"HOME": str(tmp_path), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    return subprocess.run(["bash", "-c", " && ".join(f"( {c} )" for c in commands)], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_every_node_gets_rays_token_and_the_jobs_mlflow_login_in_private_files(tmp_path):
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    done = _run_node_setup(tmp_path, SSM)
+    assert done.returncode == 0, done.stderr
+    token, creds = tmp_path / ".ray" / "auth_token", tmp_path / ".mlflow" / "credentials"
+    assert token.read_text().strip() == SSM["/alexnet/ray/auth-token"]
+    for path in (token, creds):
+        assert path.stat().st_mode & 0o077 == 0, path  # the node's user only
+    assert sorted(p.name for p in (tmp_path / ".mlflow").iterdir()) == ["credentials"]  # no temporary left
+    with pytest.MonkeyPatch.context() as mp:  # what a job's MLflow client on that node logs in with
+        mp.setenv("HOME", str(tmp_path))
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            mp.delenv(name, raising=False)
+        assert read_mlflow_creds() == ("alexnet-jobs", SSM["/alexnet/mlflow/jobs-password"])
+
+
+@pytest.mark.fault("a node whose SSM parameter is missing", inputs=1,
+                   outcome="its setup fails (Ray's launcher stops there); no half-written token")
+def test_a_missing_parameter_stops_the_node_setup(tmp_path):
+    done = _run_node_setup(tmp_path, {"/alexnet/ray/auth-token": "t"})
+    assert done.returncode != 0 and "ParameterNotFound" in done.stderr
+    assert not (tmp_path / ".mlflow" / "credentials").exists()
+
+
+def test_every_ray_start_requires_the_token():
+    cfg = load("cluster.yaml")
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in cfg[key] if "ray start" in c]
+    assert len(starts) == 2 and all(shlex.split(c)[0] == "RAY_AUTH_MODE=token" for c in starts)
 
 
 # What KubeRay's v1 CRDs (ray.io_rayjobs.yaml, ray.io_raycronjobs.yaml, KubeRay 1.6) mark required.

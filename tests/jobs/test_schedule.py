@@ -324,3 +324,26 @@ def test_a_hung_head_holds_neither_a_tick_nor_the_lock(ray_head, tmp_path):
         started = time.monotonic()
         lines = tick_in_process(schedules, state, T0)
     assert any("held by another tick" in line for line in lines) and time.monotonic() - started < 60
+
+
+@pytest.mark.fault("one schedule's metric file is a JSON list, another's dataset.json cannot be read", inputs=2,
+                   outcome="each records its own error and submits nothing; the schedules after them still tick")
+def test_one_bad_schedule_does_not_stop_the_others(ray_head, tmp_path):
+    listed = tmp_path / "metrics.json"
+    listed.write_text("[0.5, 0.6]")
+    fine = tmp_path / "fine.json"
+    fine.write_text(json.dumps({"val/top1": 0.9}))  # above the threshold: nothing to do
+    unreadable = tmp_path / "ds"
+    (unreadable / "dataset.json").mkdir(parents=True)  # reading it raises IsADirectoryError
+    metric = lambda f: sch.Trigger(kind="metric-below", metric_file=str(f), metric="val/top1", threshold=0.6)  # noqa: E731
+    schedules = [sch.Schedule(name="listed", cron="0 2 * * *", data="/d", address=ray_head, trigger=metric(listed)),
+                 sch.Schedule(name="unreadable", cron="0 2 * * *", data=str(unreadable), address=ray_head,
+                              trigger=sch.Trigger(kind="new-version")),
+                 sch.Schedule(name="fine", cron="0 2 * * *", data="/d", address=ray_head, trigger=metric(fine))]
+    state = tmp_path / "state.json"
+    lines = tick_in_process(schedules, state, T0)
+    assert any(line.startswith("listed:") and "expected a JSON object" in line for line in lines), lines
+    assert any(line.startswith("unreadable:") and "dataset.json" in line for line in lines), lines
+    assert any(line.startswith("fine:") for line in lines), lines
+    states = load_state(state)
+    assert all(states[name].jobs == [] for name in ("listed", "unreadable", "fine"))

@@ -36,7 +36,7 @@ def test_unreachable_address_is_one_clear_line(capsys):
     assert "cannot reach a Ray job server" in err and address in err and len(err.splitlines()) == 1
 
 
-def test_spec_carries_env_and_run_identity_but_prints_secrets_redacted():
+def test_spec_carries_settings_and_run_identity_but_no_secret():
     environ = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_PASSWORD": "hunter2",
                "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_ENDPOINT_URL": "http://minio:9000", "UNRELATED": "x"}
     spec = js.build_spec("train", ["--data", "/d"], recipe="smoke", run_name="nightly-1", trigger="schedule",
@@ -44,11 +44,14 @@ def test_spec_carries_env_and_run_identity_but_prints_secrets_redacted():
     assert spec.entrypoint.startswith("python -m jobs.cli train --recipe smoke --data /d --run-name nightly-1")
     assert "--trigger schedule --tag schedule=nightly" in spec.entrypoint
     env = spec.runtime_env()["env_vars"]
-    assert env["MLFLOW_TRACKING_PASSWORD"] == "hunter2" and "UNRELATED" not in env
+    assert "MLFLOW_TRACKING_PASSWORD" not in env and "AWS_SECRET_ACCESS_KEY" not in env and "UNRELATED" not in env
+    assert "hunter2" not in str(spec.runtime_env()) and "s3cr3t" not in str(spec.runtime_env())
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"  # an S3-compatible store, reached as the submitter does
     assert env["RAY_JOB_SUBMISSION_ID"] == spec.submission_id and spec.submission_id.startswith("alexnet-train-nightly-1-")
     text = js.describe(spec, "http://h:8265")
-    assert "hunter2" not in text and "s3cr3t" not in text and "MLFLOW_TRACKING_PASSWORD=***" in text
+    assert "hunter2" not in text and "s3cr3t" not in text
+    assert "not sent" in text and "MLFLOW_TRACKING_PASSWORD AWS_SECRET_ACCESS_KEY" in text  # named, so nobody wonders
     assert {"user", "command", "config_hash", "git_commit"} <= set(spec.metadata)
     assert ".venv" in spec.runtime_env()["excludes"] and Path(spec.runtime_env()["working_dir"], "jobs").is_dir()
 

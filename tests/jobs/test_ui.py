@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.support import free_port
@@ -30,6 +31,9 @@ def test_ui_shows_the_run_page(ray_local, shapes_dataset, tmp_path_factory, tmp_
     try:
         assert proc.stdout.readline().startswith(f"MLflow UI: http://127.0.0.1:{port}")
         wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
+        # The store is not on any command line (ps and /proc show those to every local user).
+        server = psutil.Process(proc.pid).children(recursive=True)
+        assert server and not any(trained["uri"] in " ".join(p.cmdline()) for p in server)
         url = f"http://127.0.0.1:{port}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
         dom = subprocess.run(
             [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -158,3 +158,20 @@ def test_model_files_are_checked_field_by_field(tmp_path):
     with pytest.raises(ModelFileError, match="does not fit"):
         load_model(str(folder))
     assert isinstance(np.asarray(1), np.ndarray)
+
+
+@pytest.mark.fault("an alexnet.json claiming 2^20 hidden units, or a million classes, beside small weights", inputs=2,
+                   outcome="ModelFileError naming the layer that does not fit; the network is never built "
+                           "(terabytes at that size)")
+def test_a_spec_claiming_a_huge_network_is_refused_before_anything_is_allocated(tmp_path):
+    import json
+
+    from alexnet.serve.model_files import SPEC_FILE, save
+
+    folder = tmp_path / "m"
+    save(build(SPEC), folder)
+    good = json.loads((folder / SPEC_FILE).read_text())
+    for field, value in [("hidden", 1 << 20), ("classes", [f"c{i}" for i in range(1_000_000)])]:
+        (folder / SPEC_FILE).write_text(json.dumps({**good, field: value}))
+        with pytest.raises(ModelFileError, match=r"does not fit alexnet.json \(.*needs .*the weights hold"):
+            load_model(str(folder))

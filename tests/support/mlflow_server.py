@@ -13,8 +13,6 @@ from tests.support import free_port
 _TRAINED: dict = {}
 
 
-
-
 def wait_http(url: str, timeout: float = 240.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:

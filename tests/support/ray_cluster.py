@@ -38,8 +38,6 @@ HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_timeout_ms": 5000
 START_TIMEOUT_S = 300
 
 
-
-
 def auth_env(folder: Path) -> dict[str, str]:
     """RAY_AUTH_MODE and the token source that every process of the cluster gets (see above)."""
     mode = os.environ.get("RAY_AUTH_MODE", "token").lower()

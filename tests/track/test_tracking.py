@@ -114,8 +114,6 @@ EPOCH_METRICS = ("train/loss", "val/loss", "val/top1", "val/top5", "lr", "throug
                  "throughput/data_wait_fraction")
 
 
-
-
 def assert_tracked_run(uri: str, run_id: str, dataset, epochs: int, version: str) -> None:
     """What a user sees in MLflow after `alexnet train`: params, per-epoch metrics, artifacts,
     a registered version that loads and predicts."""

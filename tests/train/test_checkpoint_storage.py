@@ -5,6 +5,9 @@ through AWS_ENDPOINT_URL; the two-node end-to-end run is tests/train/test_two_no
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pyarrow.fs
 import pytest
 import torch
@@ -61,6 +64,31 @@ def test_checkpoints_on_s3_are_found_read_and_loaded_where_they_are(s3_bucket, t
     # Ray Train names a checkpoint by its path on the bucket's filesystem; readers get the URI back.
     assert checkpoint.uri_of(runs, f"{s3_bucket[5:]}/runs/r/checkpoint_000000") == latest[0]
     assert checkpoint.uri_of(str(tmp_path), str(tmp_path / "c1")) == str(tmp_path / "c1")
+
+
+@pytest.mark.fault("S3 failing while a rerun looks for its checkpoints: for a moment, then for good", inputs=2,
+                   outcome="a short outage is read through; a lasting one is one UserError naming the store, "
+                           "never 'no checkpoint' (which would restart at epoch 0)")
+def test_a_store_that_fails_is_not_read_as_no_checkpoint(s3_bucket, tmp_path, monkeypatch):
+    from pipelines import storage
+    from tests.support.netfault import FaultyProxy
+
+    runs = f"{s3_bucket}/runs"
+    _save_to(f"{runs}/r/checkpoint_000000", 0, tmp_path)
+    proxy = FaultyProxy(os.environ["AWS_ENDPOINT_URL"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setattr(checkpoint, "READ_RETRY_WAITS_S", (1.0, 1.0), raising=False)
+    storage._filesystem.cache_clear()  # a client for the proxy's endpoint
+    try:
+        proxy.cut()
+        threading.Timer(1.5, proxy.restore).start()  # back within the retries
+        assert checkpoint.find_latest(runs, "r") == (f"{runs}/r/checkpoint_000000", 0)
+        proxy.cut()
+        with pytest.raises(UserError, match=rf"cannot read the checkpoints at {runs}/r .*3 tries"):
+            checkpoint.find_latest(runs, "r")
+    finally:
+        proxy.close()
+        storage._filesystem.cache_clear()
 
 
 @pytest.mark.fault("--resume-from an S3 checkpoint of another shape (num_classes); a path with no "

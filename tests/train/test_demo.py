@@ -120,11 +120,11 @@ def test_ctrl_c_stops_ray_cleanly(tmp_path):
     assert len(_processes_marked(mark)) > 2, "its Ray was not running"  # the check below can fail
     proc.send_signal(signal.SIGINT)
     try:
-        proc.communicate(timeout=90)
+        rest, _ = proc.communicate(timeout=90)
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("alexnet demo did not exit within 90 s of Ctrl-C")
-    assert proc.returncode == 130
+    assert proc.returncode == 130, rest[-3000:]
     time.sleep(3)
     leftovers = _processes_marked(mark)
     assert not leftovers, f"Ray processes left behind after Ctrl-C: {leftovers}"

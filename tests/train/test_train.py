@@ -152,10 +152,15 @@ def test_a_killed_driver_rerun_with_the_same_run_name_continues_at_the_next_epoc
     assert done < 2
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resuming run X at epoch {done + 2}/3, from its checkpoint of epoch {done + 1}" in rerun.stdout
+    # The killed driver's workers may still finish the checkpoint they were writing as Ray stops
+    # them: the rerun resumes from the latest one there is, at least the one seen at the kill.
+    resumed = re.search(r"^resuming run X at epoch (\d)/3, from its checkpoint of epoch (\d)", rerun.stdout, re.M)
+    assert resumed, rerun.stdout
+    last = int(resumed.group(2))  # 1-based
+    assert done + 1 <= last < 3 and int(resumed.group(1)) == last + 1, rerun.stdout
     # What a user sees: the project's own line per epoch, the best epoch named, no Ray internals.
     epochs = [line for line in rerun.stdout.splitlines() if line.startswith("epoch ")]
-    assert [line.split()[1] for line in epochs] == [f"{k}/3" for k in range(done + 2, 4)], rerun.stdout
+    assert [line.split()[1] for line in epochs] == [f"{k}/3" for k in range(last + 1, 4)], rerun.stdout
     assert all(" top-1 " in line and " img/s " in line and "data wait" in line for line in epochs)
     assert re.search(r"^best epoch: [1-3] of 3, val top-1 ", rerun.stdout, re.M), rerun.stdout
     shown = rerun.stdout + rerun.stderr
