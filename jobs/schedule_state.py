@@ -101,10 +101,9 @@ def read_metric(s: sch.Schedule, st: sch.ScheduleState) -> tuple[float | None, s
         mtime = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
     except (OSError, ValueError) as err:
         return None, f"{path}: {getattr(err, 'strerror', None) or err}"
-    nested = raw.get("metrics") if isinstance(raw, dict) else None
-    if not isinstance(raw, dict) or not isinstance(nested or {}, dict):
+    if not isinstance(raw, dict) or not isinstance(raw.get("metrics") or {}, dict):
         return None, f"{path}: expected a JSON object, flat or with the metric under \"metrics\""
-    value = raw.get(s.trigger.metric, (nested or {}).get(s.trigger.metric))
+    value = raw.get(s.trigger.metric, (raw.get("metrics") or {}).get(s.trigger.metric))
     if not isinstance(value, (int, float)):
         return None, f"{path}: no numeric {s.trigger.metric!r}"
     if st.last_success_at and mtime <= sch.parse_iso(st.last_success_at):

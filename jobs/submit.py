@@ -137,7 +137,6 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
     if command not in COMMANDS:
         raise UserError(f"submit {command!r}: expected one of {', '.join(COMMANDS)}")
     args = list(args)
-    refuse_credentials(args)
     refuse_credentials(pip or (), "--pip")
     if command == "train":
         if not recipe and "--recipe" not in args:
@@ -147,9 +146,9 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
         args = (["--recipe", recipe_arg(recipe)] if recipe else []) + args
         args += ["--run-name", run_name, "--trigger", trigger or "manual"]
         args += [a for k, v in (tags or {}).items() for a in ("--tag", f"{k}={v}")]
-        refuse_credentials(args)  # a --tag or --run-name may carry one too
     elif recipe or run_name or trigger or tags:
         raise UserError(f"submit {command}: --recipe, --run-name, --trigger and --tag apply to train only")
+    refuse_credentials(args)  # the whole command line, a --tag or --run-name included
     digest = config_hash(command, args)
     if not submission_id:
         nonce = hashlib.sha256(f"{time.time_ns()}{os.getpid()}".encode()).hexdigest()[:6]

@@ -9,6 +9,8 @@ the target as it was.
 Object stores (s3://, gs://...): there is no rename, but an object appears only when its upload
 completes. The content is produced in memory first and uploaded in one piece, so a writer that
 raises uploads nothing.
+
+Lock files are opened here too (`open_lock_file`): never through a symlink, regular files only.
 """
 
 from __future__ import annotations
