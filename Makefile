@@ -25,4 +25,4 @@ test-fast: $(STAMP)
 	$(MAKE) test PYTEST_ARGS="-m 'not slow'"
 
 clean:
-	rm -rf $(VENV) alexnet-work .pytest_cache
+	rm -rf $(VENV) alexnet-work alexnet-demo .pytest_cache

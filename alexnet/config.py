@@ -31,7 +31,7 @@ class DataSection:
     ten_crop_eval: bool = False  # val: average the softmax over 10 crops (corners, centre, mirrored), as the paper
     shuffle_buffer: int = 1024  # rows in each worker's local shuffle buffer (on top of file shuffle)
     decode: str = "cpu"  # cpu: Ray Data's CPU workers decode + augment | gpu: train workers do it on their GPU (nvJPEG)
-    seed: int = 0  # seeds augmentation, shuffling and init; same seed -> same run
+    seed: int = 0  # seeds init, row-group order, shuffle, and each image's augmentation (per seed, epoch, image); batches form in the order Ray's tasks finish, so which images share a step can differ between runs
 
     @property
     def augmentation(self) -> dict:
@@ -57,7 +57,7 @@ class OptimSection:
     epochs: int = 90  # full passes over the training split
     schedule: str = "plateau"  # a name in lr_schedule.LR_SCHEDULES: plateau (paper: /10 when val stalls) | step | cosine | constant
     step_size: int = 30  # epochs between x0.1 decays of the step schedule
-    warmup_epochs: int = 0  # linear warm-up from lr/10, in epochs
+    warmup_epochs: int = 0  # epochs of warm-up: lr/10 rising linearly, every step, to lr
     label_smoothing: float = 0.0  # probability mass spread over all classes; 0 disables
 
 

@@ -112,6 +112,9 @@ def write_demo_images(root: Path, per_class: int = 120, size: int = 72, seed: in
 
 
 DEMO_IMAGES_PER_CLASS = 250  # 6 classes
+# Its own registered model (and `alexnet demo` its own work folder): the demo's model must never
+# be the `alexnet@champion` that a user's own train, predict and evaluate default to.
+DEMO_MODEL = "alexnet-demo"
 
 
 def run_demo(workdir, *, images_per_class: int = DEMO_IMAGES_PER_CLASS, overrides: list[str] = (),
@@ -121,7 +124,7 @@ def run_demo(workdir, *, images_per_class: int = DEMO_IMAGES_PER_CLASS, override
     MLflow run with a registered model. `overrides`: --set KEY=VALUE items for the demo recipe."""
     name = f"hue-shapes-{images_per_class}"  # a new generator or size is a new source and dataset
     dataset_dir = workdir.datasets / name
-    cfg = load_config("demo", [f"data.path={dataset_dir}", *overrides])
+    cfg = load_config("demo", [f"data.path={dataset_dir}", f"run.register_as={DEMO_MODEL}", *overrides])
     source = workdir.root / "demo-images" / name
     if not source.is_dir():
         tmp = source.with_name(source.name + ".tmp")

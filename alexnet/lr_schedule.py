@@ -33,10 +33,12 @@ LR_SCHEDULES = {"constant": _constant, "plateau": _constant, "step": _step, "cos
 
 
 def lr_at(epoch: int, *, base: float, schedule: str, epochs: int, warmup_epochs: int, plateau_scale: float = 1.0,
-          step_size: int = 30) -> float:
-    """Learning rate for 0-based `epoch`: warm-up from base/10, then the schedule."""
+          step_size: int = 30, fraction: float = 0.0) -> float:
+    """Learning rate for 0-based `epoch`, `fraction` (0 <= f < 1) of the way through it: a linear
+    warm-up from base/10 that moves every step (a staircase per epoch would run a whole first
+    epoch at base/10), then the schedule, which moves per epoch."""
     if epoch < warmup_epochs:
-        return base * (0.1 + 0.9 * epoch / warmup_epochs)
+        return base * (0.1 + 0.9 * (epoch + fraction) / warmup_epochs)
     factor = LR_SCHEDULES[schedule](epoch - warmup_epochs, epochs - warmup_epochs, step_size)
     return base * factor * plateau_scale
 

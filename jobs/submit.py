@@ -31,7 +31,7 @@ COMMANDS = ("train", "ingest", "predict", "evaluate")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # holds pipelines/, alexnet/, jobs/
 
 # Paths under the repo root never uploaded: environments, history, outputs, caches.
-EXCLUDES = [".venv", "venv", ".git", "alexnet-work", "mlruns", "mlartifacts", "*.db", "build", "dist",
+EXCLUDES = [".venv", "venv", ".git", "alexnet-work", "alexnet-demo", "mlruns", "mlartifacts", "*.db", "build", "dist",
             "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".devbundle", "benchmarks"]
 
 # Copied from the submitter's environment when set: where things are, never a secret.

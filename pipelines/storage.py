@@ -29,6 +29,12 @@ def is_uri(target) -> bool:
     return isinstance(target, str) and bool(_SCHEME.match(target))
 
 
+def absolute(target: str | os.PathLike) -> str:
+    """A URI as given; a local path made absolute. Paths handed to Ray tasks must be: a worker's
+    working folder is not the driver's once the driver joins a running cluster (RAY_ADDRESS)."""
+    return target if is_uri(target) else os.path.abspath(target)
+
+
 @dataclass(frozen=True)
 class Location:
     """A file or folder: `fs` and its own `path` for pyarrow, `uri` for people and metadata

@@ -7,8 +7,11 @@ A served model is two plain files, so loading one never runs code that came with
   admits tensors and plain containers only (a pickled object is refused, not run).
 
 In MLflow the two files sit in the model's `data/` folder, next to an `MLmodel` whose
-`python_function` flavor names this module as its loader (`_load_pyfunc`): the artifact holds
-no code and no pickle, and `mlflow.pyfunc.load_model(URI)` works wherever this project is installed.
+`python_function` flavor names alexnet.serve.pyfunc_loader, copied into the model's `code/` with a
+snapshot of this project's `alexnet/` and `pipelines/` sources: `mlflow.pyfunc.load_model(URI)`
+works in a clean environment holding only the model's requirements.txt. That code runs only
+under MLflow's pyfunc loader; this project's own loaders (`load`, behind predict, evaluate and the
+champion re-score) read the two files and import nothing from the artifact.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ WEIGHTS_FILE = "weights.pt"
 DATA_DIR = "data"  # inside an MLflow model: where the two files are
 FLAVOR = "alexnet"  # the MLmodel flavor name
 FORMAT = 1  # version of alexnet.json's layout
+CODE_DIR = "code"  # inside an MLflow model: what MLflow puts on sys.path before importing the loader
+LOADER_MODULE = "alexnet_pyfunc_loader"  # alexnet/serve/pyfunc_loader.py under a name no package uses
 
 
 class ModelFileError(UserError):
@@ -213,16 +218,29 @@ def save_model(path: str, mlflow_model, *, package: str, **_) -> None:
     mlflow_model.signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 3, spec.crop, spec.crop))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(spec.classes)))]))
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={version('torchvision').split('+')[0]}",
-                    f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"]
-    (Path(path) / "requirements.txt").write_text(
-        "# and this project (alexnet-pipeline), whose alexnet.serve.model_files loads the model\n" + "\n".join(requirements) + "\n")
+    # What the loader's code (copied below) imports; the project itself travels in code/.
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
+                    f"mlflow=={mlflow.__version__}", f"pyyaml=={version('pyyaml')}", f"pyarrow=={version('pyarrow')}"]
+    (Path(path) / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    _copy_loader_code(Path(path) / CODE_DIR)
     (Path(path) / "python_env.yaml").write_text(
         f"python: {platform.python_version()}\nbuild_dependencies:\n- pip\ndependencies:\n- -r requirements.txt\n")
     mlflow_model.add_flavor(FLAVOR, data=DATA_DIR, spec=SPEC_FILE, weights=WEIGHTS_FILE, format=FORMAT,
                             weights_format="torch state_dict, load with weights_only=True")
-    mlflow.pyfunc.add_to_model(mlflow_model, loader_module=__name__, data=DATA_DIR, python_env="python_env.yaml")
+    mlflow.pyfunc.add_to_model(mlflow_model, loader_module=LOADER_MODULE, data=DATA_DIR, code=CODE_DIR,
+                               python_env="python_env.yaml")
     mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
+def _copy_loader_code(code: Path) -> None:
+    """code/alexnet_pyfunc_loader.py, and code/project/{alexnet,pipelines}/: the sources (and
+    shipped recipes) of the two packages the loader imports."""
+    root = Path(__file__).resolve().parents[2]
+    code.mkdir(parents=True)
+    shutil.copyfile(Path(__file__).with_name("pyfunc_loader.py"), code / f"{LOADER_MODULE}.py")
+    for package in ("alexnet", "pipelines"):
+        shutil.copytree(root / package, code / "project" / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 class PyfuncModel:

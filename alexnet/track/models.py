@@ -8,6 +8,7 @@ carries, a pickle or code, is never run here.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def load_model(model_uri: str, tracking_uri: str | None = None, *, label: str | 
     label = label or model_uri
     if Path(model_uri).is_dir():
         return load(model_uri, source=label)
+    _refuse_an_unnamed_store(model_uri, tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             with using_store(tracking_uri):
@@ -37,3 +39,16 @@ def load_model(model_uri: str, tracking_uri: str | None = None, *, label: str | 
                 raise TrackingUnavailable(f"{label}: {explain(err, uri)}") from err
             raise UserError(f"{label}: cannot load it from {redact(uri)}: {first_line(err)}") from None
         return load(local, source=label)
+
+
+def _refuse_an_unnamed_store(model_uri: str, tracking_uri: str | None) -> None:
+    """With no store named, MLflow 3 opens ./mlflow.db of the current folder, creating an empty one
+    there, and then reports only that the model does not exist. `alexnet train` keeps its store in
+    its work folder, so say where to look instead, and leave the folder as it was."""
+    if tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or not model_uri.startswith(("models:", "runs:")):
+        return
+    if Path("mlflow.db").exists():
+        return
+    raise UserError(f"{model_uri}: no tracking store named and no ./mlflow.db here; pass the store that "
+                    "registered it (alexnet train keeps it in its work folder: "
+                    "MLFLOW_TRACKING_URI=sqlite:////ABS/PATH/alexnet-work/mlflow.db, or the server's http:// URI)")

@@ -143,18 +143,20 @@ def train_loop(loop_config: dict) -> None:
                             shuffle_buffer=cfg.data.shuffle_buffer or None,
                             shuffle_seed=cfg.data.seed * 100003 + start_epoch * 1009 + rank)
         for epoch in range(start_epoch, cfg.optim.epochs):
-            lr = lr_at(epoch, base=base_lr, schedule=cfg.optim.schedule, epochs=cfg.optim.epochs,
-                       warmup_epochs=cfg.optim.warmup_epochs, plateau_scale=plateau.scale,
-                       step_size=cfg.optim.step_size)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr = _lr_setter(optimizer, epoch, steps, base=base_lr, schedule=cfg.optim.schedule,
+                                epochs=cfg.optim.epochs, warmup_epochs=cfg.optim.warmup_epochs,
+                                plateau_scale=plateau.scale, step_size=cfg.optim.step_size)
+            lr = set_lr(0)
+            before_step = _each_step(set_lr if epoch < cfg.optim.warmup_epochs else None,
+                                     progress.steps(epoch) if progress else None)
             epoch_start = time.perf_counter()
             tr = reduce_sums(
                 train_one_epoch(model, optimizer, islice(stream, steps), device, mean=mean, std=std, epoch=epoch,
                                 label_smoothing=cfg.optim.label_smoothing, amp_dtype=amp_dtype,
-                                channels_last=channels_last, before_step=progress.steps(epoch) if progress else None),
+                                channels_last=channels_last, before_step=before_step),
                 device,
             )
+            lr = optimizer.param_groups[0]["lr"]  # the rate of the epoch's last step
             va = reduce_sums(evaluate_epoch(model, val_batches.epoch(), device, mean=mean, std=std, amp_dtype=amp_dtype,
                                       channels_last=channels_last), device)
             metrics = epoch_metrics(epoch, lr, tr, va, wall_s=time.perf_counter() - epoch_start, world=world)
@@ -179,6 +181,28 @@ def train_loop(loop_config: dict) -> None:
             stream.close()
         if monitor is not None:
             monitor.finish()
+
+
+def _lr_setter(optimizer, epoch: int, steps: int, **schedule):
+    """step -> sets and returns the rate of that step of `epoch` (of `steps`)."""
+    def set_lr(step: int) -> float:
+        lr = lr_at(epoch, fraction=min(step, max(0, steps - 1)) / max(1, steps), **schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+    return set_lr
+
+
+def _each_step(*hooks):
+    """One before-step hook that calls each given one, or None when none is given."""
+    hooks = [hook for hook in hooks if hook is not None]
+    if not hooks:
+        return None
+
+    def before_step(step: int) -> None:
+        for hook in hooks:
+            hook(step)
+    return before_step
 
 
 # The epoch's MLflow metrics (epoch_metrics' keys but "epoch"); Ray Train's report and the

@@ -13,7 +13,9 @@ import argparse
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline on a built-in dataset, locally",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="alexnet-work", help="where data, checkpoints and the MLflow store go (default: ./alexnet-work)")
+    p.add_argument("--workdir", default="alexnet-demo",
+                   help="where data, checkpoints and the MLflow store go (default: ./alexnet-demo, apart from "
+                        "./alexnet-work, so the demo's model never answers for your own)")
     p.add_argument("--epochs", type=int, help="override the demo recipe's epochs")
     p.add_argument("--workers", type=int, help="train workers (default 1; 2 works on 2 cores, just slower)")
     p.add_argument("--images-per-class", type=int, help="size of the generated dataset (default 250 per class)")

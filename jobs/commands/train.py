@@ -11,6 +11,7 @@ import os
 
 from jobs.commands import parse_pairs
 from pipelines.errors import UserError
+from pipelines.storage import absolute
 
 
 def add_parser(sub) -> None:
@@ -47,9 +48,9 @@ def run(args) -> int:
         raise UserError(f"--recipe is required: a shipped recipe ({', '.join(shipped_recipes())}) or a YAML file; "
                         "`torchvision` and `paper` are the full ImageNet recipes, `smoke` a 2-epoch installation check")
     work = Workdir.at(args.workdir)  # made once run_training has checked the inputs
-    storage = _absolute(args.storage or str(work.runs))
-    resume_from = _absolute(args.resume_from) if args.resume_from else None
-    data = _absolute(args.data) if args.data else None
+    storage = absolute(args.storage or str(work.runs))
+    resume_from = absolute(args.resume_from) if args.resume_from else None
+    data = absolute(args.data) if args.data else None
     tags = {"trigger": args.trigger, **parse_pairs(args.tag, "--tag")}
     if os.environ.get("RAY_JOB_SUBMISSION_ID"):
         tags["ray.job_submission_id"] = os.environ["RAY_JOB_SUBMISSION_ID"]
@@ -69,8 +70,3 @@ def run(args) -> int:
     return 0
 
 
-def _absolute(target: str) -> str:
-    """A URI (s3://...) as given; a local path made absolute, so the Ray workers resolve it as typed."""
-    from pipelines.storage import is_uri
-
-    return target if is_uri(target) else os.path.abspath(target)

@@ -19,14 +19,27 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def ui_command(port: int) -> list[str]:
-    """`mlflow ui` on loopback. Its store travels in MLFLOW_BACKEND_STORE_URI (MLflow's own variable),
-    not on the command line, which any local user reads in /proc or `ps`."""
+def ui_command(port: int, *, verbose: bool = False) -> list[str]:
+    """`mlflow ui` on loopback, one worker (one person's browser). Its store travels in
+    MLFLOW_BACKEND_STORE_URI (MLflow's own variable), not on the command line, which any local
+    user reads in /proc or `ps`. Unless --verbose, uvicorn's request and start-up INFO lines stay
+    out of the terminal (ui_env quiets MLflow's own)."""
     import sys
     from pathlib import Path
 
     mlflow = Path(sys.executable).with_name("mlflow")
-    return [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
+    command = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]
+    return command if verbose else [*command, "--uvicorn-opts", "--log-level warning"]
+
+
+def ui_env(tracking_uri: str, *, verbose: bool = False) -> dict[str, str]:
+    import os
+
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri}
+    if not verbose:  # MLflow's INFO lines (tables created, job executors) and its libraries' warnings
+        env.update(MLFLOW_LOGGING_LEVEL="WARNING", PYTHONWARNINGS="ignore")
+    return env
 
 
 def run(args) -> int:
@@ -47,8 +60,8 @@ def run(args) -> int:
     print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {redact(tracking_uri)}; Ctrl-C stops it)", flush=True)
     # Its own process group: the server's workers are stopped with it, Ctrl-C or SIGTERM alike.
     with sigterm_as_interrupt():
-        proc = subprocess.Popen(ui_command(args.port), start_new_session=True,
-                                env={**os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri})
+        proc = subprocess.Popen(ui_command(args.port, verbose=args.verbose), start_new_session=True,
+                                env=ui_env(tracking_uri, verbose=args.verbose))
         try:
             return proc.wait()
         except KeyboardInterrupt:

@@ -232,6 +232,7 @@ def ingest(source: str | os.PathLike, dest: str | os.PathLike, opts: IngestOptio
     `progress` gets one-line updates; `stale_lock_s`: see `pipelines.ingest.lock`."""
     say = progress or (lambda message: None)
     start = time.time()
+    source = storage.absolute(source)  # its files are read by Ray tasks, wherever they run
     listing = list_source(source, source_type)
     dest = destination.preflight(dest, stale_lock_s)
     with ray_session(), destination.claim(dest, stale_lock_s) as claim:

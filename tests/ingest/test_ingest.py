@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.support import png_header_only
+from tests.support import cli_here, png_header_only
 from pipelines.dataset import SCHEMA, load_info, open_dataset
 from pipelines.errors import UserError
 from pipelines.ingest import IngestOptions, ingest, split_for
@@ -293,7 +293,7 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path):
     for args, needle in [((str(tmp_path / "nope"), str(tmp_path / "ds")), "does not exist"),
                          ((str(tmp_path / "m.csv"), str(tmp_path / "ds")), "missing column 'path'"),
                          ((str(src), str(busy)), "not a dataset")]:
-        r = _alexnet("ingest", *args)
+        r = cli_here("ingest", *args)
         assert r.returncode == 2, r.stderr
         assert needle in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "ds").exists() and os.listdir(busy) == ["keep.txt"]

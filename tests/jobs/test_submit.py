@@ -87,6 +87,7 @@ def test_train_only_options_and_outside_recipes_are_refused(tmp_path):
         js.build_spec("train", [], recipe=str(outside))
 
 
+@pytest.mark.slow  # a real job on the session's cluster, end to end
 def test_ingest_job_succeeds_and_its_logs_and_status_are_readable(ray_head, png_source, tmp_path, capsys):
     dest = tmp_path / "ds"
     sid = f"test-ingest-{os.getpid()}"
@@ -165,6 +166,7 @@ def _submit_printer(ray_head, lines: int, every_s: float) -> str:
 @pytest.mark.fault("the log stream and status polls cut for 5 s mid-job (tests/support/netfault.py)", inputs=1,
                    outcome="followed to SUCCEEDED, exit 0; every log line printed exactly once; a 'lost "
                            "contact' note")
+@pytest.mark.slow  # a real job followed through a 5 s outage
 def test_following_a_job_survives_a_dropped_connection(ray_head, capsys):
     """The log stream and the status polls lose their connection mid-job for a few seconds: the
     follow goes on to the job's real end, and every line of the log is written exactly once."""

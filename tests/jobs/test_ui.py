@@ -49,3 +49,5 @@ def test_ui_shows_the_run_page(ray_local, shapes_dataset, tmp_path_factory, tmp_
             os.kill(proc.pid, signal.SIGKILL)
             pytest.fail("alexnet ui did not stop on SIGTERM")
     assert proc.returncode in (130, -signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert " INFO" not in rest and "Warning" not in rest, rest[-2000:]  # MLflow's and uvicorn's chatter: --verbose

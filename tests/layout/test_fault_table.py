@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support import fault_table
 
 
-def test_the_fault_table_matches_the_suite():
-    rows = fault_table.collect()
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    """Collected once: collecting the whole suite in a subprocess takes ~15 s here."""
+    return fault_table.collect()
+
+
+def test_the_fault_table_matches_the_suite(rows):
     assert rows, "no test carries a fault marker"
     expected = fault_table.render(rows)
     current = fault_table.TABLE.read_text() if fault_table.TABLE.is_file() else ""
     assert current == expected, "docs/FAULTS.md is out of date: run `.venv/bin/python -m tests.support.fault_table`"
 
 
-def test_every_fault_names_an_outcome_and_a_positive_number_of_inputs():
-    for row in fault_table.collect():
+def test_every_fault_names_an_outcome_and_a_positive_number_of_inputs(rows):
+    for row in rows:
         assert row["outcome"].strip() and int(row["inputs"]) >= 1, row
 
 

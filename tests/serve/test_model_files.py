@@ -175,3 +175,79 @@ def test_a_spec_claiming_a_huge_network_is_refused_before_anything_is_allocated(
         (folder / SPEC_FILE).write_text(json.dumps({**good, field: value}))
         with pytest.raises(ModelFileError, match=r"does not fit alexnet.json \(.*needs .*the weights hold"):
             load_model(str(folder))
+
+
+@pytest.mark.fault("loading `models:/alexnet@champion` with no tracking store named, outside the work folder",
+                   inputs=1, outcome="one line naming where `alexnet train` keeps its store; no ./mlflow.db created")
+def test_loading_a_registered_model_with_no_store_named_says_where_to_look(tmp_path, monkeypatch):
+    from pipelines.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(UserError, match=r"models:/alexnet@champion: no tracking store named .*alexnet-work/mlflow.db"):
+        load_model("models:/alexnet@champion")
+    assert list(tmp_path.iterdir()) == []
+
+
+# Run with `python -I -S`: no site, so no .pth file installs this project's editable finder; the
+# virtualenv's site-packages is then appended by hand, so the script sees only the installed
+# distributions (torch, mlflow, ...), as a clean environment built from the model's
+# requirements.txt would. The working folder is elsewhere, so the checkout is not on the path.
+_CLEAN_LOAD = """
+import sys
+sys.path.append(sys.argv[2])
+try:
+    import alexnet
+    raise SystemExit("the project is importable here: the test would prove nothing")
+except ImportError:
+    pass
+sys.modules.pop("alexnet", None)
+import json, numpy as np, mlflow.pyfunc
+model = mlflow.pyfunc.load_model(sys.argv[1])
+import alexnet
+print(json.dumps({"shape": list(model.predict(np.zeros((2, 3, 64, 64), dtype=np.uint8)).shape),
+                  "alexnet_from": alexnet.__file__}))
+"""
+
+
+def test_a_registered_model_loads_and_predicts_where_the_project_is_not_installed(tmp_path):
+    """What `mlflow models serve` or a user's own service does elsewhere: the model's own files are
+    enough. Its requirements.txt names what its loader imports, and nothing of this project."""
+    import json
+    import subprocess
+    import sys
+    import sysconfig
+
+    import mlflow
+
+    uri, _, run_id = store(tmp_path)
+    version = register(tmp_path, uri, run_id, name="m")
+    with using_store(uri):
+        local = pathlib.Path(mlflow.artifacts.download_artifacts(f"models:/alexnet/{version}", dst_path=str(tmp_path / "dl")))
+    requirements = (local / "requirements.txt").read_text().split()
+    assert {r.split("==")[0] for r in requirements} == {"torch", "numpy", "mlflow", "pyyaml", "pyarrow"}
+    clean = tmp_path / "elsewhere"
+    clean.mkdir()
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", _CLEAN_LOAD, str(local), sysconfig.get_paths()["purelib"]], cwd=clean,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [2, 2]
+    assert result["alexnet_from"].startswith(str(local / "code" / "project"))
+
+
+def test_loading_a_model_with_mlflow_keeps_the_installed_project_in_charge(tmp_path):
+    """Where the project is installed, its own loader reads the model, and the model's code folder
+    (first on sys.path after MLflow loads it) hides none of the project's packages."""
+    import subprocess
+    import sys
+
+    uri, _, run_id = store(tmp_path)
+    version = register(tmp_path, uri, run_id, name="m")
+    script = ("import sys, mlflow\nmlflow.set_tracking_uri(sys.argv[1])\n"
+              "m = mlflow.pyfunc.load_model(sys.argv[2])\n"
+              "import alexnet, alexnet.track.models, jobs.cli\nprint(alexnet.__file__)")
+    done = subprocess.run([sys.executable, "-c", script, uri, f"models:/alexnet/{version}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str(pathlib.Path(__file__).resolve().parents[2] / "alexnet" / "__init__.py")

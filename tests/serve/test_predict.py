@@ -133,3 +133,19 @@ def test_evaluate_ten_crop(trained, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1][5:])
     assert result["ten_crop"] is True and 0.0 <= result["top1"] <= result["top5"] <= 1.0
     assert "run_id" not in result
+
+
+@pytest.mark.parametrize("ten_crop", [False, True], ids=["centre", "ten-crop"])
+def test_a_small_split_scored_in_the_driver_matches_ray_datas_actor_pool(trained, ten_crop, monkeypatch):
+    """Small val splits skip the Ray Data execution; both ways must give the same numbers."""
+    from alexnet.serve import predict
+    from alexnet.track.models import load_model
+
+    model = load_model("models:/alexnet@champion", trained["uri"])
+    info = open_dataset(trained["dataset"])
+    assert predict._small(info.split_size("val"), model.spec.crop, ten_crop)
+    here = predict.evaluate(model, info, ten_crop=ten_crop)
+    monkeypatch.setattr(predict, "LOCAL_SCORING_MAX_PIXELS", 0)
+    pooled = predict.evaluate(model, info, ten_crop=ten_crop)
+    assert here[0] == pooled[0] and here[0].images == info.split_size("val")
+    assert np.array_equal(here[1], pooled[1]) and np.array_equal(here[2], pooled[2])

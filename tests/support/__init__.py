@@ -1,6 +1,6 @@
 """The helpers test modules share, in one place (no test module imports another).
 
-Here: free ports, waiting, S3 buckets, crafted image bytes. Beside it: ray_cluster (a real
+Here: free ports, waiting, S3 buckets, crafted image bytes, the CLI run in this process. Beside it: ray_cluster (a real
 multi-node Ray on this machine), mlflow_server (a real MLflow server and the CLI's training
 run), netfault (a proxy that drops connections), fault_table (docs/FAULTS.md from the markers),
 config_reference (docs/config.md from the code).
@@ -49,3 +49,21 @@ def png_header_only(width: int, height: int) -> bytes:
     chunk = b"IHDR" + ihdr
     return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
             + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+
+
+def cli_here(*args: str):
+    """`alexnet ARGS` in this process -> (returncode, stdout, stderr), for commands that fail before
+    Ray or MLflow start: a new interpreter importing the CLI would be ~4 s of each such test."""
+    import contextlib
+    import io
+    import types
+
+    from jobs.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as exit_:  # argparse's own errors
+            rc = exit_.code
+    return types.SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())

@@ -21,13 +21,24 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo_workdir(ray_local, tmp_path_factory):
-    work = tmp_path_factory.mktemp("demo")
-    # Two workers on the 2-CPU fixture cluster: must not hang (Ray Data keeps CPUs).
-    rc = main(["demo", "--workdir", str(work), "--images-per-class", "20", "--epochs", "2", "--workers", "2",
-               "--set", "optim.batch_size=16", "--set", "model.hidden=256"])
+def demo_root(ray_local, tmp_path_factory):
+    """A folder where `alexnet demo` ran as README runs it: no --workdir, so in ./alexnet-demo."""
+    root = tmp_path_factory.mktemp("user")
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        # Two workers on the 2-CPU fixture cluster: must not hang (Ray Data keeps CPUs).
+        rc = main(["demo", "--images-per-class", "20", "--epochs", "2", "--workers", "2",
+                   "--set", "optim.batch_size=16", "--set", "model.hidden=256"])
+    finally:
+        os.chdir(before)
     assert rc == 0
-    return work
+    return root
+
+
+@pytest.fixture(scope="module")
+def demo_workdir(demo_root):
+    return demo_root / "alexnet-demo"
 
 
 def test_demo_writes_a_valid_parquet_dataset(demo_workdir):
@@ -59,7 +70,7 @@ def test_demo_run_is_tracked_with_params_metrics_and_a_loadable_model(demo_workd
         assert sorted(m.step for m in history) == [0, 1], key
 
     with using_store(uri):  # not mlflow.set_tracking_uri: it leaks MLFLOW_TRACKING_URI into later tests
-        model = mlflow.pyfunc.load_model("models:/alexnet/1")  # what an MLflow user loads (README)
+        model = mlflow.pyfunc.load_model("models:/alexnet-demo/1")  # what an MLflow user loads (README)
     assert model.predict(np.zeros((3, 3, 64, 64), dtype=np.uint8)).shape == (3, 6)
 
 
@@ -86,7 +97,40 @@ def test_second_demo_adds_a_new_run_and_keeps_the_first(demo_workdir, capsys):
     # Nothing the first run points to was overwritten or removed.
     assert {a.path for a in client.list_artifacts(first.info.run_id)} == first_artifacts
     assert sorted((demo_workdir / "datasets" / "hue-shapes-20" / "train").iterdir()) == shards_before  # no new shards
-    assert sorted(int(v.version) for v in client.search_model_versions("name='alexnet'")) == [1, 2]
+    assert sorted(int(v.version) for v in client.search_model_versions("name='alexnet-demo'")) == [1, 2]
+
+
+def test_readmes_own_images_steps_after_the_demo_train_the_model_predict_uses(demo_root, monkeypatch, capsys):
+    """README's walk-through, its commands read from README itself, run in the folder where the
+    demo ran, each with its defaults (`ui` is a server: tests/jobs/test_ui.py). The demo's model
+    (6 shape classes, its own folder and name) must not answer for the user's; then docs/
+    tracking.md's load snippet, with its path made this one, loads the user's champion."""
+    from alexnet.demo import write_demo_images
+    from tests.support.docs import ROOT, code_blocks, readme_steps
+
+    monkeypatch.chdir(demo_root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    photos = write_demo_images(demo_root / "photos", per_class=16, size=80, seed=5, classes=("circle", "cross", "square"))
+    for old, new in (("circle", "cat"), ("cross", "dog"), ("square", "fox")):
+        (photos / old).rename(photos / new)
+    outputs = {}
+    for argv in readme_steps():
+        if argv[0] != "ui":
+            capsys.readouterr()
+            assert main(argv) == 0, argv
+            outputs[argv[0]] = capsys.readouterr().out
+    assert "model alexnet v1: champion (no champion yet)" in outputs["train"], outputs["train"]
+    assert "preds: 48 predictions from models:/alexnet@champion" in outputs["predict"]
+    assert set(pq.read_table(demo_root / "preds").column("pred_name").to_pylist()) <= {"cat", "dog", "fox"}
+    assert (demo_root / "alexnet-work" / "mlflow.db").is_file() and (demo_root / "alexnet-demo" / "mlflow.db").is_file()
+
+    snippet = next(b for b in code_blocks(ROOT / "docs" / "tracking.md", "python") if "load_model" in b)
+    scope = {}
+    store = demo_root / "alexnet-work"
+    with using_store(f"sqlite:///{store / 'mlflow.db'}"):  # restores the process's store after the snippet's own
+        exec(snippet.replace("/abs/path/alexnet-work", str(store)), scope)
+    assert scope["model"].predict(np.zeros((2, 3, 64, 64), dtype=np.uint8)).shape == (2, 3)
+    assert list(scope["net"].classes) == ["cat", "dog", "fox"]
 
 
 def _processes_marked(mark: str) -> set[int]:

@@ -79,6 +79,26 @@ def test_ten_crop_evaluation_averages_the_softmax_over_the_crops():
     assert single["images"] == 6 and single["loss_sum"] != pytest.approx(got["loss_sum"])
 
 
+def test_predict_scores_ten_crops_as_the_epochs_val_does():
+    """The champion score and `evaluate --ten-crop` (alexnet.serve.predict) average the crops'
+    softmax too, not their logits: one rule for the run's curve and the registry's decision."""
+    from alexnet.serve.predict import class_probs
+
+    torch.manual_seed(0)
+    tiny = Tiny().eval()
+
+    def model(images_u8):  # a served model takes uint8 and normalises inside
+        return tiny(images_u8.float() / 255)
+
+    with torch.no_grad():
+        for b in _batches(n=2, rows=3, crops=10):
+            expected = torch.stack([F.softmax(model(b["image"][:, k]), 1) for k in range(10)]).mean(0)
+            logit_mean = F.softmax(torch.stack([model(b["image"][:, k]) for k in range(10)]).mean(0), 1)
+            assert torch.allclose(class_probs(model, b["image"]), expected, atol=1e-6)
+            assert not torch.allclose(class_probs(model, b["image"]), logit_mean, atol=1e-6)
+            assert torch.allclose(class_probs(model, b["image"][:, 0]), F.softmax(model(b["image"][:, 0]), 1))
+
+
 def test_reduce_sums_without_a_process_group_is_the_identity():
     assert reduce_sums({"a": 1.0, "b": 2}, torch.device("cpu")) == {"a": 1.0, "b": 2}
 

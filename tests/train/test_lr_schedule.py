@@ -28,6 +28,13 @@ def test_warmup_ramps_from_a_tenth_to_base():
     assert lrs[0] == pytest.approx(0.1) and lrs[4] == pytest.approx(1.0) and lrs == sorted(lrs)
 
 
+def test_warmup_is_linear_within_an_epoch_and_meets_the_schedule():
+    """One warm-up epoch: base/10 at its first step, half-way at its middle, base after it."""
+    at = [lr_at(0, base=1.0, schedule="cosine", epochs=10, warmup_epochs=1, fraction=f) for f in (0, 0.5, 0.99)]
+    assert at == pytest.approx([0.1, 0.55, 0.1 + 0.9 * 0.99])
+    assert lr_at(1, base=1.0, schedule="cosine", epochs=10, warmup_epochs=1) == pytest.approx(1.0)
+
+
 def test_plateau_divides_by_ten_after_patience_epochs_without_improvement_and_round_trips():
     p = Plateau()
     p.update(0.5)
