@@ -39,7 +39,7 @@ from alexnet.track.tracking import (TrackingUnavailable, client_for, explain, is
                                     log_dataset, log_params, set_tags, tracked_run)
 from alexnet.train import checkpoint
 from alexnet.train.fit import Outcome, check_inputs, fit, resume_point
-from alexnet.train.shared_folder import check_storage
+from pipelines.shared_folder import check_shared, check_storage
 from pipelines.dataset import DatasetInfo
 from pipelines.errors import UserError, first_line
 from pipelines.read.augment import TrainPreset
@@ -84,6 +84,7 @@ def run_training(cfg: Config, *, tracking_uri: str, storage: str, run_name: str,
     with ray_session():
         check_tracking_store(tracking_uri, alive_nodes())
         check_storage(storage)  # a node-local --storage on a multi-node cluster: one line now, not after an epoch
+        check_shared(str(cfg.data.path), "--data")  # and a node-local dataset, read by tasks on every node
         # An incompatible checkpoint is refused now, before an MLflow run exists that would only record the refusal.
         resume = resume_point(cfg, storage, run_name, resume_from, num_classes=info.num_classes)
         print("resolved config:\n" + to_yaml(cfg, compact=True), flush=True)

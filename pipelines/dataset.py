@@ -25,6 +25,9 @@ SCHEMA_VERSION = 1
 INFO_FILE = "dataset.json"
 SPLITS = ("train", "val")
 IMAGE_FORMATS = ("jpeg", "png", "raw")
+# The largest row group a reader accepts: a work unit reads a whole one into a Ray task's memory.
+# Ingest writes ~32 MB groups (pipelines.ingest.passes.ROW_GROUP_MB), at most 4,096 rows each.
+MAX_ROW_GROUP_BYTES = 512 * 1024 * 1024
 
 SCHEMA = pa.schema(
     [
@@ -202,6 +205,10 @@ def _validate_shard(shard: str, num_classes: int) -> int:
             raise UserError(f"{shard}: column {expected.name!r} has type {actual}, expected {expected.type}")
     col = schema.names.index("label")
     for rg in range(meta.num_row_groups):
+        size = meta.row_group(rg).total_byte_size
+        if size > MAX_ROW_GROUP_BYTES:
+            raise UserError(f"{shard}: row group {rg} holds {size >> 20} MiB, over the {MAX_ROW_GROUP_BYTES >> 20} MiB "
+                            "a reader takes into memory at once; re-ingest it (alexnet ingest writes ~32 MB groups)")
         stats = meta.row_group(rg).column(col).statistics
         if stats is not None and stats.has_min_max:
             low, high = stats.min, stats.max

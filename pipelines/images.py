@@ -11,6 +11,10 @@ from PIL import Image
 
 # Extensions ingest looks at; anything else in a class folder is reported, not silently skipped.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# The largest image file read whole (ingest, predict on a folder): a 100-megapixel TIFF is ~300 MB
+# uncompressed, far above any photo a classifier trains on; a file past it is a reject, not a read
+# that takes a Ray worker's memory.
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
 
 def scaled_size(width: int, height: int, shorter: int) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -108,13 +109,32 @@ def is_dir(loc: Location) -> bool:
     return file_type(loc) == pyarrow.fs.FileType.Directory
 
 
-def read_bytes(loc: Location) -> bytes:
-    """The whole file. Raises FileNotFoundError / OSError."""
+def read_bytes(loc: Location, limit: int | None = None) -> bytes:
+    """The whole file; with `limit`, only a regular file of at most `limit` bytes (checked before
+    reading: a device or FIFO never ends, a huge object fills the reader's memory). Raises
+    FileNotFoundError / OSError."""
     if loc.local:
-        with open(loc.path, "rb") as f:
+        if limit is None:
+            with open(loc.path, "rb") as f:
+                return f.read()
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before fstat could refuse it.
+        with os.fdopen(os.open(loc.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"not a regular file: {loc.path}")
+            _check_size(st.st_size, limit, loc)
             return f.read()
-    with loc.fs.open_input_stream(loc.path) as f:
+    if limit is None:
+        with loc.fs.open_input_stream(loc.path) as f:
+            return f.read()
+    with loc.fs.open_input_file(loc.path) as f:
+        _check_size(f.size(), limit, loc)
         return f.read()
+
+
+def _check_size(size: int, limit: int, loc: Location) -> None:
+    if size > limit:
+        raise OSError(f"{size} bytes, over the {limit // 2**20} MiB limit for one image file: {loc}")
 
 
 def open_input(target: str | Location):

@@ -27,8 +27,9 @@ from pipelines import storage
 from pipelines.dataset import INFO_FILE, load_info
 from pipelines.decode import source_array
 from pipelines.errors import UserError
-from pipelines.images import IMAGE_EXTENSIONS
+from pipelines.images import IMAGE_EXTENSIONS, MAX_IMAGE_BYTES
 from pipelines.read.augment import ValPreset, stored_dim
+from pipelines.shared_folder import check_shared
 from pipelines.read.loader import read_shards, val_batches_here, val_dataset
 
 
@@ -57,6 +58,9 @@ def _preprocess(batch: dict, *, preset: ValPreset, source_files: bool = False) -
     images = np.zeros((n, 3, preset.crop, preset.crop), dtype=np.uint8)
     errors = [""] * n
     for i in range(n):
+        if source_files and batch["read_error"][i]:
+            errors[i] = batch["read_error"][i]
+            continue
         try:
             if source_files:
                 images[i] = preset.array(source_array(batch["image"][i]))
@@ -134,6 +138,7 @@ def read_images(data: str | os.PathLike, model, *, split: str | None = None, cro
     In an image folder, an image under a directory named like one of the model's classes gets
     that class as its label; others have none."""
     data = storage.absolute(data)  # Ray tasks read the files, in their own working folder
+    check_shared(data, "--data")  # ... on every node
     root = Path(data)
     preset = ValPreset(crop=crop, resize=resize)
     if storage.is_uri(str(data)) or (root / INFO_FILE).is_file():  # a dataset, local or at a URI
@@ -162,9 +167,18 @@ def read_images(data: str | os.PathLike, model, *, split: str | None = None, cro
 
 
 def _read_files(batch: dict) -> dict:
-    blobs = [Path(p).read_bytes() for p in batch["path"]]
+    """Each file's bytes (a regular file within MAX_IMAGE_BYTES), or why it was not read."""
+    blobs, problems = [], []
+    for path in batch["path"]:
+        try:
+            blobs.append(storage.read_bytes(storage.locate(path), limit=MAX_IMAGE_BYTES))
+            problems.append("")
+        except OSError as err:
+            blobs.append(b"")
+            problems.append(f"unreadable: {err.strerror or err}")
     return {"id": np.asarray([hashlib.sha256(b).hexdigest() for b in blobs], dtype=object),
-            "image": np.asarray(blobs, dtype=object), "source": batch["path"], "label": batch["label"]}
+            "image": np.asarray(blobs, dtype=object), "source": batch["path"], "label": batch["label"],
+            "read_error": np.asarray(problems, dtype=object)}
 
 
 def _label_map(dataset_classes: list[str], model_classes: list[str]) -> np.ndarray:
@@ -221,6 +235,7 @@ def evaluate(model, info, *, ten_crop: bool = False, concurrency: int | None = N
     if _small(info.split_size("val"), crop, ten_crop):
         table = _score_here(model, info, crop=crop, resize=resize, ten_crop=ten_crop)
     else:
+        check_shared(str(info.path), "--data")  # Ray tasks on every node read its shards
         ds = val_dataset(info, crop=crop, resize=resize, ten_crop=ten_crop)
         ds = ds.map_batches(_add_columns, batch_format="numpy")
         preds = predict_dataset(ds, model, top_k=5, concurrency=concurrency).select_columns(["label", "topk", "error"])

@@ -142,23 +142,25 @@ def alias_lock(client: MlflowClient, name: str):
     """Hold NAME.alias-lock (a registered model: creating one that exists fails in every store)."""
     lock = name + LOCK_SUFFIX
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    description = f"held while the aliases of {name} move; not a model"
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
-            client.create_registered_model(lock, tags={"owner": owner},
-                                           description=f"held while the aliases of {name} move; not a model")
+            client.create_registered_model(lock, tags={"owner": owner}, description=description)
             break
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         try:
-            held = client.get_registered_model(lock)
+            held = _touched(client, lock, description)
         except MlflowException as err:
             if err.error_code in NOT_FOUND:
                 continue  # released meanwhile
             raise
-        age_s = time.time() - held.creation_timestamp / 1000
-        if age_s > LOCK_STALE_S:
+        # The lock's age on the store's own clock: its creation and this touch were both stamped
+        # there, so a waiter whose clock is off by minutes neither breaks a live lock nor keeps a dead one.
+        age_s = (held.last_updated_timestamp - held.creation_timestamp) / 1000
+        if age_s >= LOCK_STALE_S:
             print(f"[registry] breaking {lock}, held for {age_s:.0f} s by {held.tags.get('owner')} "
                   f"(a process that was killed)", file=sys.stderr)
             _delete_lock(client, lock, owner=held.tags.get("owner"))
@@ -172,6 +174,12 @@ def alias_lock(client: MlflowClient, name: str):
         yield
     finally:
         _delete_lock(client, lock, owner=owner)
+
+
+def _touched(client: MlflowClient, lock: str, description: str):
+    """The lock, its last-updated time set to now by the store (rewriting its description as it was)."""
+    client.update_registered_model(lock, description=description)
+    return client.get_registered_model(lock)
 
 
 def _delete_lock(client: MlflowClient, lock: str, *, owner: str | None) -> None:

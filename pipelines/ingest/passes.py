@@ -44,6 +44,7 @@ from pipelines.ingest.destination import DUPLICATES_FILE, REJECTS_FILE
 from pipelines.ingest.listing import Listing
 from pipelines.ingest.lock import STALE_S
 from pipelines.ingest.sources import list_source, read_source
+from pipelines.shared_folder import check_shared
 
 ROW_GROUP_MB = 32  # Parquet row group size: what a streaming reader holds in memory per file
 FORMATS = IMAGE_FORMATS
@@ -235,8 +236,13 @@ def ingest(source: str | os.PathLike, dest: str | os.PathLike, opts: IngestOptio
     source = storage.absolute(source)  # its files are read by Ray tasks, wherever they run
     listing = list_source(source, source_type)
     dest = destination.preflight(dest, stale_lock_s)
-    with ray_session(), destination.claim(dest, stale_lock_s) as claim:
-        return _ingest(source, claim, opts, listing, source_type, say, start)
+    with ray_session():
+        # Tasks on every node read SOURCE and write DEST: node-local folders on a cluster are refused
+        # now, not found out as a partial dataset.
+        check_shared(str(source), "SOURCE")
+        check_shared(str(dest), "DEST")
+        with destination.claim(dest, stale_lock_s) as claim:
+            return _ingest(source, claim, opts, listing, source_type, say, start)
 
 
 def _ingest(source, claim: destination.Claim, opts: IngestOptions, listing: Listing, source_type: str | None,

@@ -19,6 +19,7 @@ import io
 import os
 import stat
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs
@@ -26,9 +27,10 @@ import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.errors import UserError
-from pipelines.images import IMAGE_EXTENSIONS
+from pipelines.images import IMAGE_EXTENSIONS, MAX_IMAGE_BYTES
 from pipelines.ingest import cifar
 from pipelines.ingest.listing import Item, Listing
+from pipelines.redaction import redact
 
 SOURCE_TYPES = ("folder", "manifest", "cifar")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -38,13 +40,8 @@ def read_source(path: str) -> bytes:
     """The bytes of one item: the file's content, or a CIFAR image as PPM. Raises OSError."""
     if cifar.is_ref(path):
         return cifar.read_image(path)
-    if storage.is_uri(path):
-        return storage.read_bytes(storage.locate(path))
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        # A FIFO would block forever and a device could be endless: only regular files are read.
-        raise OSError(f"not a regular file: {path}")
-    with open(path, "rb") as f:
-        return f.read()
+    # Regular files only (a FIFO would block forever, a device could be endless), and capped.
+    return storage.read_bytes(storage.locate(path), limit=MAX_IMAGE_BYTES)
 
 
 def detect_source_type(source: str | Path) -> str:
@@ -210,6 +207,29 @@ def _split(splits: list | None, i: int, manifest, row: int) -> str | None:
     return split
 
 
+def _manifest_row(f: str, loc, manifest, row: int) -> str:
+    """A row's path as ingest reads it. Rows name the manifest's own store only: relative keys or
+    URIs on its bucket for a manifest on an object store (an absolute path there would read the
+    ingest nodes' own disks), local paths (or file:// URIs) for a local one."""
+    if f.startswith("file://"):
+        f = urlsplit(f).path
+    if not loc.local:
+        store = "{0.scheme}://{0.netloc}".format(urlsplit(loc.uri))
+        if storage.is_uri(f):
+            if not f.startswith(store + "/"):
+                raise UserError(f"manifest {manifest} row {row}: {redact(f)} is not on the manifest's own store "
+                                f"({store})")
+            return f
+        if f.startswith("/"):
+            raise UserError(f"manifest {manifest} row {row}: {f} is an absolute local path in a manifest on "
+                            f"{store}; name objects relative to the manifest or by URI")
+        return f
+    if storage.is_uri(f):
+        raise UserError(f"manifest {manifest} row {row}: {redact(f)} is a URI in a local manifest; put the "
+                        "manifest on that store, or list local files")
+    return f
+
+
 def list_manifest(manifest: str | Path) -> Listing:
     """A CSV/Parquet manifest with `path,label` (+ optional `split`) -> Listing.
 
@@ -231,8 +251,8 @@ def list_manifest(manifest: str | Path) -> Listing:
         row = i + first
         if p is None or str(p).strip() == "" or label is None or str(label).strip() == "":
             raise UserError(f"manifest {manifest} row {row}: empty path or label")
-        f = str(p).strip()
-        if storage.is_uri(f) or (remote and not f.startswith("/")):
+        f = _manifest_row(str(p).strip(), loc, manifest, row)
+        if storage.is_uri(f) or remote:
             # On an object store, a missing object is found when it is read: a reject, not a HEAD per row.
             items.append(Item(f if storage.is_uri(f) else f"{base}/{f}", str(label).strip(),
                               _split(splits, i, manifest, row)))

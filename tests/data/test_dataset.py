@@ -62,6 +62,18 @@ def test_label_outside_the_class_list(copy):
         open_dataset(copy)
 
 
+@pytest.mark.fault("a shard whose row group is bigger than a reader takes at once", inputs=1,
+                   outcome="UserError naming the shard, the row group and the limit, before any task reads it")
+def test_an_oversized_row_group_is_refused_at_open(copy, monkeypatch):
+    from pipelines import dataset
+
+    shard = load_info(copy).shard_paths("train")[0]
+    size = pq.ParquetFile(shard).metadata.row_group(0).total_byte_size
+    monkeypatch.setattr(dataset, "MAX_ROW_GROUP_BYTES", size - 1)
+    with pytest.raises(UserError, match=rf"{shard}: row group 0 holds \d+ MiB, over the \d+ MiB"):
+        open_dataset(copy)
+
+
 @pytest.mark.fault("dataset.json with schema_version 99", inputs=1,
                    outcome="UserError naming the file and the version")
 def test_unknown_schema_version(copy):

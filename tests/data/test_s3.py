@@ -134,6 +134,18 @@ def test_the_lock_object_refuses_a_second_ingest_and_a_lost_lock_commits_nothing
     assert set(objects(dest)) == set(before) | {LOCK_FILE}  # its shards removed; the thief's lock is the thief's
 
 
+@pytest.mark.fault("a manifest on S3 whose rows name an absolute local path or another bucket", inputs=2,
+                   outcome="UserError naming the row; nothing of the ingest nodes' own disks or other stores read")
+def test_a_manifest_on_s3_names_only_its_own_bucket(s3_bucket):
+    from pipelines.ingest.sources import list_source
+
+    for row, says in (("/etc/hostname", "is an absolute local path in a manifest on s3://"),
+                      ("s3://someone-else/x.jpg", "is not on the manifest's own store")):
+        write_atomic(f"{s3_bucket}/m.csv", f"path,label\nraw/cat/0.jpg,cat\n{row},dog\n")
+        with pytest.raises(UserError, match=rf"m.csv row 3: {row} {says}"):
+            list_source(f"{s3_bucket}/m.csv")
+
+
 def test_remote_folder_and_remote_manifest_to_s3(ray_local, s3_bucket, tmp_path):
     local = _images(tmp_path / "src", n=3)
     fs, _ = pyarrow.fs.FileSystem.from_uri(s3_bucket)

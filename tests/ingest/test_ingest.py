@@ -200,6 +200,41 @@ def test_manifest_errors_name_the_column_or_file(tmp_path):
         list_source(tmp_path / "missing.csv")
 
 
+@pytest.mark.fault("a local manifest whose rows name `file:///dev/zero`, a FIFO and an s3:// object", inputs=3,
+                   outcome="the device and the FIFO rejected as not regular files, never read; the URI a "
+                           "UserError naming the row")
+def test_manifest_rows_name_regular_files_of_the_manifests_own_store(tmp_path):
+    _manifest_tree(tmp_path)
+    os.mkfifo(tmp_path / "imgs" / "pipe.jpg")
+    (tmp_path / "m.csv").write_text("path,label\nimgs/cat/0.jpg,cat\nimgs/dog/0.jpg,dog\n"
+                                    "file:///dev/zero,cat\nimgs/pipe.jpg,dog\n")
+    listing = list_source(tmp_path / "m.csv")
+    assert {r[1] for r in listing.rejects} == {"unreadable: not a regular file (FIFO, socket or device)"}
+    assert {r[0] for r in listing.rejects} == {"/dev/zero", str(tmp_path / "imgs" / "pipe.jpg")}
+    (tmp_path / "uri.csv").write_text("path,label\nimgs/cat/0.jpg,cat\ns3://elsewhere/x.jpg,dog\n")
+    with pytest.raises(UserError, match=r"uri.csv row 3: s3://elsewhere/x.jpg is a URI in a local manifest"):
+        list_source(tmp_path / "uri.csv")
+
+
+@pytest.mark.fault("an image file over the size limit, a FIFO named like an image (ingest's and predict's readers)",
+                   inputs=2, outcome="refused before reading: an OSError naming the limit (a reject in ingest, "
+                                     "the row's error in predict); the FIFO never blocks")
+def test_image_files_are_read_only_if_regular_and_within_the_limit(tmp_path, monkeypatch):
+    from alexnet.serve import predict
+    from pipelines.ingest import sources
+
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff" * 5000)
+    monkeypatch.setattr(sources, "MAX_IMAGE_BYTES", 4096)
+    with pytest.raises(OSError, match=r"5000 bytes, over the 0 MiB limit"):
+        sources.read_source(str(big))
+    os.mkfifo(tmp_path / "pipe.png")
+    monkeypatch.setattr(predict, "MAX_IMAGE_BYTES", 4096)
+    rows = predict._read_files({"path": [str(big), str(tmp_path / "pipe.png")], "label": [0, 0]})
+    assert "over the 0 MiB limit" in rows["read_error"][0] and "not a regular file" in rows["read_error"][1]
+    assert list(rows["image"]) == [b"", b""]
+
+
 def _truncated(path: Path) -> None:
     buf = io.BytesIO()
     _noise(64, 64, 42).save(buf, format="JPEG")

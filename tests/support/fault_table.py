@@ -45,7 +45,7 @@ def collect() -> list[dict]:
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "tests.support.fault_table",
                           "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True)
     rows = [line.split("\t")[1:] for line in out.stdout.splitlines() if line.startswith("FAULT\t")]
-    if out.returncode not in (0, 5) and not rows:
+    if out.returncode != 0:  # a partial collection would quietly drop its modules' rows
         raise RuntimeError(f"collecting the tests failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return [{"test": t, "what": w, "inputs": i, "outcome": o} for t, w, i, o in rows]
 

@@ -135,6 +135,27 @@ def test_a_held_alias_lock_waits_then_fails_clearly_and_a_stale_one_is_broken(tm
     assert not c.search_registered_models("name = 'm.alias-lock'")
 
 
+@pytest.mark.fault("a live alias lock seen by a process whose clock runs an hour ahead of the store's", inputs=1,
+                   outcome="the lock is not broken: RegistryBusy after the wait; its holder still owns it")
+def test_a_waiter_with_a_skewed_clock_does_not_break_a_live_lock(tmp_path, monkeypatch):
+    from alexnet.track import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = _client(uri)
+    c.create_registered_model("m.alias-lock", tags={"owner": "host:2:alive"})
+    import time
+    import types
+
+    # This module's clock an hour ahead; the store (MLflow's code) keeps the true one.
+    clock = types.SimpleNamespace(time=lambda: time.time() + 3600, monotonic=time.monotonic, sleep=time.sleep)
+    monkeypatch.setattr(registry, "time", clock)
+    monkeypatch.setattr(registry, "LOCK_WAIT_S", 1.0)
+    with pytest.raises(registry.RegistryBusy, match=r"held by host:2:alive \(for [0-9] s\)"):
+        with registry.alias_lock(c, "m"):
+            pass
+    assert c.get_registered_model("m.alias-lock").tags["owner"] == "host:2:alive"
+
+
 @pytest.mark.fault("a 10-crop version against a centre-crop champion on the same dataset", inputs=1,
                    outcome="the champion re-scored 10-crop by the same function; the alias follows that "
                            "number")

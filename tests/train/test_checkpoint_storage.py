@@ -14,7 +14,7 @@ import torch
 
 from alexnet.train import checkpoint
 from alexnet.config import load_config
-from alexnet.train.shared_folder import Mount, mount_of, node_mount, parse_mountinfo, refusal
+from pipelines.shared_folder import Mount, mount_of, node_mount, parse_mountinfo, refusal
 from alexnet.train.fit import resume_point
 from pipelines.errors import UserError
 

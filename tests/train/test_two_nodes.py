@@ -51,9 +51,14 @@ def bucket(s3_server) -> str:
 
 @pytest.fixture(scope="module")
 def s3_dataset(cluster, bucket, shapes_source) -> str:
-    """The shapes images ingested into the bucket by `alexnet ingest`, run on the cluster."""
+    """The shapes images copied to the bucket (a local folder is one node's: refused on a cluster),
+    then ingested there by `alexnet ingest`, run on the cluster."""
+    import pyarrow.fs
+
+    fs, _ = pyarrow.fs.FileSystem.from_uri(bucket)
+    pyarrow.fs.copy_files(str(shapes_source), f"{bucket[5:]}/raw/shapes", destination_filesystem=fs)
     dest = f"{bucket}/datasets/shapes"
-    r = subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", str(shapes_source), dest, "--resize", "72",
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", f"{bucket}/raw/shapes", dest, "--resize", "72",
                         "--val-fraction", "0.25"], env=cluster.env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return dest
@@ -105,6 +110,18 @@ def test_the_default_local_storage_on_two_nodes_is_one_line_before_training(clus
     assert errors[0].startswith(f"alexnet train: error: --storage {work / 'runs'} is a folder on each node's own disk")
     assert "the Ray cluster has 2 nodes" in errors[0] and "pass --storage s3://BUCKET/PREFIX" in errors[0]
     assert not (work / "runs").exists() and _runs(mlflow_server.uri, "local-storage") == []  # nothing started
+
+
+@pytest.mark.fault("`alexnet ingest` of a local folder into a local DEST on a two-node cluster", inputs=1,
+                   outcome="exit 2, one error line naming SOURCE, the node and the fix; DEST not created")
+def test_ingest_of_node_local_folders_on_two_nodes_is_one_line(cluster, shapes_source, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", str(shapes_source), str(tmp_path / "ds")],
+                       env=cluster.env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, r.stderr[-3000:]
+    assert errors[0].startswith(f"alexnet ingest: error: SOURCE {shapes_source} is a folder on each node's own disk")
+    assert "pass SOURCE s3://BUCKET/PREFIX" in errors[0] and not (tmp_path / "ds").exists()
 
 
 @pytest.mark.fault("the worker node's raylet SIGKILLed mid-fit (a node joins), then the driver "

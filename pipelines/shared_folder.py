@@ -1,7 +1,8 @@
-"""Checkpoint storage on a cluster: a place every node reaches, or one line before training.
+"""A local path on a cluster: a place every node reaches, or one line before any work starts.
 
-Ray Train's workers write each checkpoint to `--storage` from the node they run on, and the
-driver reads it back. A URI (s3://, gs://, hdfs://) names the same place from every node. A
+Ray tasks and Ray Train's workers read and write paths from whatever node they run on: the
+checkpoints of `--storage`, the dataset of `--data`, ingest's SOURCE and DEST, predict's image
+folder. Each is checked here (`check_shared`; `check_storage` for --storage). A URI (s3://, gs://, hdfs://) names the same place from every node. A
 local path names each node's own folder, unless it is on a network filesystem that every node
 mounts; Ray Train 2.60 finds out only after the first epoch (its storage marker check), so it is
 checked here, before anything starts:
@@ -100,30 +101,44 @@ def node_mount(path: str) -> Mount | None:
     return mount_of(os.path.realpath(existing), mounts)
 
 
-def refusal(storage: str, mounts: dict[str, Mount | None]) -> str | None:
-    """The one-line error for a local `storage` path on a cluster whose alive nodes (name -> what
-    that node mounts there, None if it could not tell) are `mounts`; None when it is accepted."""
+# What goes wrong when a path is one node's own folder, by the option that named it.
+CONSEQUENCES = {
+    "--storage": "train workers on the others cannot write there (Ray Train would fail after the first epoch)",
+    "--data": "the tasks that read it on the others would find nothing there",
+    "SOURCE": "ingest tasks on the others would find no files there (a silently partial dataset)",
+    "DEST": "ingest tasks on the others would write their shards to their own disks",
+}
+
+
+def refusal(storage: str, mounts: dict[str, Mount | None], option: str = "--storage") -> str | None:
+    """The one-line error for a local `storage` path, given as `option`, on a cluster whose alive
+    nodes (name -> what that node mounts there, None if it could not tell) are `mounts`; None when
+    it is accepted."""
     if len(mounts) <= 1:
         return None
     reports = list(mounts.values())
     if reports[0] is not None and all(reports[0].shared_with(m) for m in reports[1:]):
         return None
-    fix = ("pass --storage s3://BUCKET/PREFIX (or another URI pyarrow opens, e.g. gs://), or a folder on a "
+    fix = (f"pass {option} s3://BUCKET/PREFIX (or another URI pyarrow opens, e.g. gs://), or a folder on a "
            "network filesystem that every node mounts (NFS, SMB, Lustre, CephFS, ...)")
     local = [(name, m) for name, m in mounts.items() if m is None or m.fstype not in NETWORK_FILESYSTEMS]
     if local:
         name, m = local[0]
         where = f"{m.fstype} {m.source} at {m.point}" if m is not None else "a filesystem it could not tell"
-        return (f"--storage {storage} is a folder on each node's own disk (node {name}: {where}), but the Ray "
-                f"cluster has {len(mounts)} nodes and train workers on the others cannot write there (Ray Train "
-                f"would fail after the first epoch); {fix}")
+        return (f"{option} {storage} is a folder on each node's own disk (node {name}: {where}), but the Ray "
+                f"cluster has {len(mounts)} nodes and {CONSEQUENCES[option]}; {fix}")
     seen = "; ".join(f"node {name}: {m.fstype} {m.source}{m.root if m.root != '/' else ''}" for name, m in mounts.items())
-    return f"--storage {storage} is not the same filesystem on every node ({seen}); {fix}"
+    return f"{option} {storage} is not the same filesystem on every node ({seen}); {fix}"
 
 
 def check_storage(storage: str) -> None:
     """UserError (one line) when `storage` (a path or a URI) is not one place for every alive node
     of the connected Ray cluster. Needs Ray initialised."""
+    check_shared(storage, "--storage")
+
+
+def check_shared(storage: str, option: str) -> None:
+    """As check_storage, for the path that `option` names (a key of CONSEQUENCES)."""
     if is_uri(storage) and not storage.startswith("file://"):
         return
 
@@ -131,7 +146,7 @@ def check_storage(storage: str) -> None:
     if len(nodes) <= 1:
         return
     path = os.path.abspath(storage[len("file://"):] if storage.startswith("file://") else storage)
-    message = refusal(storage, _ask_nodes(nodes, path))
+    message = refusal(storage, _ask_nodes(nodes, path), option)
     if message:
         raise UserError(message)
 
