@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import os
-import stat
 import re
+import stat
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 

@@ -29,8 +29,8 @@ from pipelines.decode import source_array
 from pipelines.errors import UserError
 from pipelines.images import IMAGE_EXTENSIONS, MAX_IMAGE_BYTES
 from pipelines.read.augment import ValPreset, stored_dim
-from pipelines.shared_folder import check_shared
 from pipelines.read.loader import read_shards, val_batches_here, val_dataset
+from pipelines.shared_folder import check_shared
 
 
 @dataclass(frozen=True)

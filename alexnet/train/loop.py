@@ -146,7 +146,7 @@ def train_loop(loop_config: dict) -> None:
             set_lr = _lr_setter(optimizer, epoch, steps, base=base_lr, schedule=cfg.optim.schedule,
                                 epochs=cfg.optim.epochs, warmup_epochs=cfg.optim.warmup_epochs,
                                 plateau_scale=plateau.scale, step_size=cfg.optim.step_size)
-            lr = set_lr(0)
+            set_lr(0)
             before_step = _each_step(set_lr if epoch < cfg.optim.warmup_epochs else None,
                                      progress.steps(epoch) if progress else None)
             epoch_start = time.perf_counter()

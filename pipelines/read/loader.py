@@ -212,10 +212,15 @@ def _run_units(batch: dict, *, units: list[dict], columns: list[str], fn, fn_kwa
         index, take = plans[epoch][item % len(units)]
         if take == 0:
             continue
-        rows = _read_unit({**units[index], "rows": take}, columns)
-        for offset in range(0, take, batch_rows):
-            part = {c: v[offset:offset + batch_rows] for c, v in rows.items()}
+        for part in _unit_batches({**units[index], "rows": take}, columns, batch_rows):
             yield fn(part, epoch=epoch, **fn_kwargs)
+
+
+def _unit_batches(unit: dict, columns: list[str], batch_rows: int):
+    """One work unit's rows, `batch_rows` at a time."""
+    rows = _read_unit(unit, columns)
+    for offset in range(0, unit["rows"], batch_rows):
+        yield {c: v[offset:offset + batch_rows] for c, v in rows.items()}
 
 
 def _unit_dataset(paths: list[str], columns: list[str], fn, fn_kwargs: dict, *, batch_rows: int,
@@ -239,9 +244,8 @@ def val_batches_here(info: DatasetInfo, *, crop: int, resize: int, ten_crop: boo
     _check_geometry(crop, resize)
     preset = ValPreset(crop=crop, resize=resize, ten_crop=ten_crop)
     for unit in _units(info.shard_paths("val"), 1, batch_rows):
-        rows = _read_unit(unit, COLUMNS)
-        for offset in range(0, unit["rows"], batch_rows):
-            yield apply_preset({c: v[offset:offset + batch_rows] for c, v in rows.items()}, preset=preset, seed=None)
+        for part in _unit_batches(unit, COLUMNS, batch_rows):
+            yield apply_preset(part, preset=preset, seed=None)
 
 
 def _check_geometry(crop: int, resize: int) -> None:

@@ -117,15 +117,22 @@ def test_two_registrations_racing_never_both_beat_the_same_champion(kind, tmp_pa
     assert not any(m.name.endswith(".alias-lock") for m in _client(uri).search_registered_models())  # released
 
 
+def _held_lock(tmp_path, monkeypatch, owner: str):
+    """A store whose model `m` has its alias lock held by `owner`; waiters give up after 1 s."""
+    from alexnet.track import registry
+
+    c = _client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    c.create_registered_model("m.alias-lock", tags={"owner": owner})
+    monkeypatch.setattr(registry, "LOCK_WAIT_S", 1.0)
+    return c
+
+
 @pytest.mark.fault("an alias lock held by a killed process", inputs=1,
                    outcome="RegistryBusy naming the holder; once stale, broken and taken over")
 def test_a_held_alias_lock_waits_then_fails_clearly_and_a_stale_one_is_broken(tmp_path, monkeypatch):
     from alexnet.track import registry
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    c = _client(uri)
-    c.create_registered_model("m.alias-lock", tags={"owner": "host:1:killed"})
-    monkeypatch.setattr(registry, "LOCK_WAIT_S", 1.0)
+    c = _held_lock(tmp_path, monkeypatch, "host:1:killed")
     with pytest.raises(registry.RegistryBusy, match=r"m\.alias-lock is held by host:1:killed"):
         with registry.alias_lock(c, "m"):
             pass
@@ -138,18 +145,15 @@ def test_a_held_alias_lock_waits_then_fails_clearly_and_a_stale_one_is_broken(tm
 @pytest.mark.fault("a live alias lock seen by a process whose clock runs an hour ahead of the store's", inputs=1,
                    outcome="the lock is not broken: RegistryBusy after the wait; its holder still owns it")
 def test_a_waiter_with_a_skewed_clock_does_not_break_a_live_lock(tmp_path, monkeypatch):
-    from alexnet.track import registry
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    c = _client(uri)
-    c.create_registered_model("m.alias-lock", tags={"owner": "host:2:alive"})
     import time
     import types
 
+    from alexnet.track import registry
+
+    c = _held_lock(tmp_path, monkeypatch, "host:2:alive")
     # This module's clock an hour ahead; the store (MLflow's code) keeps the true one.
     clock = types.SimpleNamespace(time=lambda: time.time() + 3600, monotonic=time.monotonic, sleep=time.sleep)
     monkeypatch.setattr(registry, "time", clock)
-    monkeypatch.setattr(registry, "LOCK_WAIT_S", 1.0)
     with pytest.raises(registry.RegistryBusy, match=r"held by host:2:alive \(for [0-9] s\)"):
         with registry.alias_lock(c, "m"):
             pass
