@@ -8,6 +8,6 @@
 Here, what both share: the dataset format and its `dataset.json` (dataset), local paths and
 URIs as one kind of location (storage), writes that land whole (atomic), every bytes -> pixels
 path (decode), image sizes and extensions (images), imports a cancelled Ray task cannot cut in
-half (imports), the error a user can fix (errors) and the one rule for hiding credentials
-(redaction).
+half (imports), the error a user can fix (errors), the one rule for hiding credentials
+(redaction) and whether a local path is one place for every node of a cluster (shared_folder).
 """
