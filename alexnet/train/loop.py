@@ -6,6 +6,7 @@ plain PyTorch (epochs.py). Rank 0 alone writes checkpoints' metrics to MLflow.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -99,9 +100,8 @@ def train_loop(loop_config: dict) -> None:
     optimizer = make_optimizer(raw_model.parameters(), cfg, base_lr, device.type)
     plateau = Plateau()
     start_epoch = 0
-    resumed, own_run = ray.train.get_checkpoint(), True
-    if resumed is None:
-        resumed, own_run = _initial_checkpoint(inputs)
+    resumed, own_run = start_checkpoint(ray.train.get_checkpoint(), inputs.storage, inputs.run_name,
+                                        inputs.initial_checkpoint)
     if resumed is not None:
         with resumed.as_directory() as d:
             state = checkpoint.load(d, map_location=device)
@@ -156,6 +156,9 @@ def train_loop(loop_config: dict) -> None:
                                 channels_last=channels_last, before_step=before_step),
                 device,
             )
+            if tr["images"] < steps * per_worker * world:  # never report an epoch the stream cut short
+                raise RuntimeError(f"epoch {epoch + 1}: the training stream gave {int(tr['images'])} of "
+                                   f"{steps * per_worker * world} images (it was planned for fewer epochs)")
             lr = optimizer.param_groups[0]["lr"]  # the rate of the epoch's last step
             va = reduce_sums(evaluate_epoch(model, val_batches.epoch(), device, mean=mean, std=std, amp_dtype=amp_dtype,
                                       channels_last=channels_last), device)
@@ -279,14 +282,24 @@ def _system_monitor(cfg, ctx, inputs: LoopInputs, *, resume: bool):
                                 say=inputs.progress.say if inputs.progress else None)
 
 
-def _initial_checkpoint(inputs: LoopInputs):
-    """Used only when Ray hands no checkpoint: this run's latest one on storage (Ray registers a
-    checkpoint after it is uploaded, so a worker killed in between restarts without it), else
-    `--resume-from PATH`. Returns (checkpoint or None, whether it is this run's own)."""
-    own = checkpoint.find_latest(inputs.storage, inputs.run_name)
-    path = own[0] if own else inputs.initial_checkpoint
+def start_checkpoint(registered, storage: str, run_name: str, initial: str | None):
+    """The checkpoint a worker group starts from: the later of `registered` (the one Ray hands, the
+    latest it registered) and run `run_name`'s latest complete one on `storage`, else `initial`
+    (`--resume-from PATH`), else none. Ray registers a checkpoint only after its upload, so a worker or a driver killed in
+    between leaves Ray's behind the storage's; the driver planned the run's stream from the
+    storage's (alexnet.train.fit.resume_point), and a group that started earlier would run out of
+    stream before its last epoch. Returns (checkpoint or None, whether it is this run's own)."""
+    own = checkpoint.find_latest(storage, run_name)
+    if registered is not None and (own is None or _epoch_of(registered) >= own[1]):
+        return registered, True
+    path = own[0] if own else initial
     if not path:
         return None, True
-
     found = ray.train.Checkpoint.from_directory(path) if os.path.isdir(path) else ray.train.Checkpoint(path)
     return found, bool(own)
+
+
+def _epoch_of(registered) -> int:
+    """The epoch of a checkpoint Ray handed, from its meta.json (on whatever filesystem it lives)."""
+    with registered.filesystem.open_input_stream(f"{registered.path}/{checkpoint.META_FILE}") as f:
+        return int(json.loads(f.read())["epoch"])

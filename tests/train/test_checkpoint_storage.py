@@ -114,6 +114,28 @@ MOUNTINFO = """\
 """
 
 
+@pytest.mark.fault("a checkpoint uploaded but never registered with Ray (its driver or worker killed in between)",
+                   inputs=1, outcome="the restarted workers start after the stored one, where the driver planned the"
+                                     " run's stream, not after Ray's older one")
+def test_workers_start_from_the_later_of_rays_checkpoint_and_the_stored_one(s3_bucket, tmp_path):
+    from ray.train import Checkpoint
+
+    from alexnet.train.loop import start_checkpoint
+
+    runs = f"{s3_bucket}/runs"
+    _save_to(f"{runs}/X/checkpoint_a", 0, tmp_path)
+    _save_to(f"{runs}/X/checkpoint_b", 1, tmp_path)
+    fs, path = pyarrow.fs.FileSystem.from_uri(f"{runs}/X/checkpoint_a")
+    registered = Checkpoint(path, filesystem=fs)  # Ray registered epoch 0 only; epoch 1 is stored after it
+    found, own = start_checkpoint(registered, runs, "X", None)
+    assert found.path.endswith("checkpoint_b") and own
+    newer = Checkpoint(pyarrow.fs.FileSystem.from_uri(f"{runs}/X/checkpoint_b")[1], filesystem=fs)
+    assert start_checkpoint(newer, runs, "X", None)[0] is newer  # Ray's, when it is the latest
+    assert start_checkpoint(None, runs, "other", None) == (None, True)  # a fresh run
+    other, own = start_checkpoint(None, runs, "other", f"{runs}/X/checkpoint_a")  # --resume-from
+    assert other.path.endswith("checkpoint_a") and not own
+
+
 def test_mountinfo_is_parsed_and_the_longest_mount_point_holds_a_path():
     mounts = parse_mountinfo(MOUNTINFO)
     assert [m.point for m in mounts] == ["/proc", "/", "/mnt/shared", "/mnt/shared/my runs"]
