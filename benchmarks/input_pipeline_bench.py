@@ -6,7 +6,8 @@ Measures augmented images per second delivered to the train side, over every ima
 first --warmup ones (>= 20,000 timed images by default: 6,000 images x 5 epochs - 2,000), by
   1. Ray Data: the real `pipelines.read.loader.train_dataset` stream of --epochs epochs (one execution,
      as training runs it) on a local Ray with N CPUs, consumed with `iter_torch_batches` (uint8
-     NCHW, as the train loop does);
+     NCHW, as the train loop does); and the same stream with one work unit per map task (the
+     layout before loader.TASK_ROWS), the baseline of that change;
   2. torch DataLoader: a map-style Dataset over the same Parquet files applying the same decoder
      (pipelines.decode.decode_stored) and TrainPreset per image, N persistent worker processes,
      shuffled, same batch size, the same number of epochs;
@@ -149,12 +150,16 @@ def _timed(batches, warmup: int, on_start=None) -> tuple[float, int]:
     return timed / (time.perf_counter() - start), timed
 
 
-def ray_data_rate(info, cpus: int, epochs: int, crop: int, warmup: int) -> dict:
+def ray_data_rate(info, cpus: int, epochs: int, crop: int, warmup: int, task_rows: int | None = None) -> dict:
     import ray
     import torch
 
+    from pipelines.read import loader
     from pipelines.read.loader import train_dataset, train_preset
 
+    default_task_rows = loader.TASK_ROWS
+    if task_rows is not None:
+        loader.TASK_ROWS = task_rows  # read by the driver when it plans the stream's blocks
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
@@ -165,10 +170,18 @@ def ray_data_rate(info, cpus: int, epochs: int, crop: int, warmup: int) -> dict:
                                                                   dtypes={"image": torch.uint8, "label": torch.long}))
         rate, timed = _timed(batches, warmup, on_start=lambda: cpu.setdefault("start", _ray_cpu_seconds()))
         worker_cpu = _ray_cpu_seconds() - cpu["start"]
-        return {"images_per_s": round(rate, 1), "timed_images": timed,
+        return {"images_per_s": round(rate, 1), "timed_images": timed, "map_tasks": _map_tasks(info, cpus, epochs),
                 "ray_worker_cpu_ms_per_image": round(worker_cpu * 1000 / timed, 3)}
     finally:
+        loader.TASK_ROWS = default_task_rows
         ray.shutdown()
+
+
+def _map_tasks(info, cpus: int, epochs: int) -> int:
+    """Map tasks in the stream: blocks of its item list, as the loader plans them now."""
+    from pipelines.read import loader
+
+    return loader.stream_blocks(loader._units(info.shard_paths("train"), cpus, 128), epochs, cpus)
 
 
 class ParquetImages:
@@ -239,14 +252,16 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     single = single_process_costs(info, args.crop)
     ray_side = ray_data_rate(info, args.cpus, args.epochs, args.crop, args.warmup)
+    ray_unit_tasks = ray_data_rate(info, args.cpus, args.epochs, args.crop, args.warmup, task_rows=0)
     torch_side = dataloader_rate(info, args.cpus, args.epochs, args.crop, args.warmup)
     load_after = os.getloadavg()[0]
     ratio = ray_side["images_per_s"] / torch_side["images_per_s"]
     result = {
         "images": args.images, "epochs": args.epochs, "warmup_images": args.warmup, "shards": args.shards,
         "stored_px": args.size, "crop": args.crop, "batch": BATCH, "cpus": args.cpus,
-        "ray_data": ray_side, "dataloader": torch_side, "single_process": single,
-        "ratio_ray_vs_dataloader": round(ratio, 3),
+        "ray_data": ray_side, "ray_data_one_unit_per_task": ray_unit_tasks, "dataloader": torch_side,
+        "single_process": single, "ratio_ray_vs_dataloader": round(ratio, 3),
+        "ratio_ray_vs_one_unit_per_task": round(ray_side["images_per_s"] / ray_unit_tasks["images_per_s"], 3),
         "machine": {"cores": os.cpu_count(), "cpu": cpu_model(), "loadavg_1m_before": round(load_before, 2),
                     "loadavg_1m_after": round(load_after, 2)},
     }
@@ -255,7 +270,10 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     md = (f"| pipeline ({args.cpus} CPUs, {args.images} x {args.size} px JPEG x {args.epochs} epochs -> {args.crop}) "
           f"| images/s | timed images |\n|---|---|---|\n"
-          f"| Ray Data train_dataset -> iter_torch_batches | {ray_side['images_per_s']:.0f} | {ray_side['timed_images']} |\n"
+          f"| Ray Data train_dataset -> iter_torch_batches ({ray_side['map_tasks']} map tasks) | "
+          f"{ray_side['images_per_s']:.0f} | {ray_side['timed_images']} |\n"
+          f"| the same, one work unit per map task ({ray_unit_tasks['map_tasks']} tasks) | "
+          f"{ray_unit_tasks['images_per_s']:.0f} | {ray_unit_tasks['timed_images']} |\n"
           f"| torch DataLoader, {args.cpus} persistent workers | {torch_side['images_per_s']:.0f} | "
           f"{torch_side['timed_images']} |\n\n"
           f"Ray/DataLoader = {ratio:.2f}x; Ray workers' CPU {ray_side['ray_worker_cpu_ms_per_image']:.2f} ms/image vs "

@@ -20,7 +20,9 @@ Sections, in order (a section the remaining --budget-s cannot hold is recorded a
    gets once it pulls its batches through DeviceFeeder.
 6. fit runs (alexnet.train.fit.fit: what `alexnet train` runs), the torchvision recipe at 224 px
    on one worker: data.decode=gpu (2 epochs), then cpu (1 epoch: input-bound at a few thousand
-   images/s, its one epoch of >= 100,000 images is steady state); then compute_only and the
+   images/s, its one epoch of >= 100,000 images is steady state); then the CPU path alone
+   (no model, one consumer, as the worker takes it) with Ray Data limited to 2, 4, 8 and 15 CPUs:
+   the scaling curve, and ds.stats() at 15 (issue 22, target 2); then compute_only and the
    data.decode=gpu run with run.compile=true; last the cpu-decode compile run (input-bound:
    compile cannot change its images/s, so it goes if time is left). Images/s and data wait are
    the worker's own metrics for the last epoch (epoch 0 warms up: compile, cudnn autotuning).
@@ -69,12 +71,13 @@ class Sizes:
     compute_steps: int  # timed steps of the compute-only loop
     warmup_steps: int
     check_rows: int
+    scaling_timed_s: float  # timed seconds of each point of the CPU path's scaling curve
 
 
 REAL = Sizes(images=101_500, val_fraction=0.01, shorter=256, crop=224, resize=256, hidden=4096, batch=256, epochs=2,
-             compute_steps=100, warmup_steps=15, check_rows=256)
+             compute_steps=100, warmup_steps=15, check_rows=256, scaling_timed_s=10)
 DRY = Sizes(images=96, val_fraction=0.25, shorter=72, crop=64, resize=72, hidden=256, batch=8, epochs=2,
-            compute_steps=3, warmup_steps=1, check_rows=16)
+            compute_steps=3, warmup_steps=1, check_rows=16, scaling_timed_s=1)
 
 
 class Bench:
@@ -240,6 +243,47 @@ def device_input(info, cfg, device, batch: int) -> dict:
     wall = time.perf_counter() - start
     return {"images": images, "wall_s": wall, "images_per_s_with_startup": images / wall,
             "images_per_s_steady": _steady(marks), **stats}
+
+
+def cpu_scaling(info, cfg, cpu_counts: list[int], timed_s: float, batch: int) -> dict:
+    """The data.decode=cpu input path alone (pipelines.read.loader.train_dataset -> one consumer's
+    iter_torch_batches, uint8, as the train worker takes it; no model), with Ray Data limited to
+    each of `cpu_counts` CPUs (its executor's resource_limits): images/s over `timed_s` seconds
+    after 2 s of warm-up, per CPU, and Ray Data's own stats (ds.stats()) for the largest count."""
+    import torch
+    from ray.data import DataContext, ExecutionResources
+
+    from pipelines.read.loader import train_dataset, train_preset
+
+    preset = train_preset(info, **cfg.data.augmentation)
+    ctx = DataContext.get_current()
+    before = ctx.execution_options.resource_limits
+    curve, stats = [], ""
+    try:
+        for cpus in cpu_counts:
+            ctx.execution_options.resource_limits = ExecutionResources.for_limits(cpu=cpus)
+            ds = train_dataset(info, preset, seed=0, epochs=1)
+            start = time.perf_counter()
+            timed_from, images, timed = None, 0, 0
+            for b in ds.iter_torch_batches(batch_size=batch, dtypes={"image": torch.uint8, "label": torch.long}):
+                n = int(b["label"].shape[0])
+                now = time.perf_counter()
+                if timed_from is None and now - start >= 2.0:
+                    timed_from = now
+                elif timed_from is not None:
+                    timed += n
+                    if now - timed_from >= timed_s:
+                        break
+                images += n
+            rate = timed / max(1e-9, time.perf_counter() - timed_from) if timed_from else 0.0
+            curve.append({"cpus": cpus, "images_per_s": round(rate, 1), "per_cpu": round(rate / cpus, 1),
+                          "timed_images": timed})
+            print(f"  cpu path, {cpus} Ray Data CPUs: {rate:,.0f} images/s ({rate / cpus:,.0f} per CPU)", flush=True)
+            if cpus == max(cpu_counts):
+                stats = ds.stats()
+    finally:
+        ctx.execution_options.resource_limits = before
+    return {"curve": curve, "ray_data_stats": stats[-6000:]}
 
 
 class Step:
@@ -418,6 +462,10 @@ def main() -> None:
     bench.section("fit_cpu_decode_eager", lambda: pipeline(bench, "cpu-decode-eager", recipe(
         data["path"], sizes, decode="cpu", compile_=False, epochs=1), work, sizes, device, peak),
                   estimate_s=40 + train_images / 2_500)
+    scaling = [n for n in (2, 4, 8, 15) if n < (os.cpu_count() or 1)] or [1]
+    bench.section("cpu_path_scaling", lambda: cpu_scaling(info, recipe(data["path"], sizes, decode="cpu", compile_=False),
+                                                          scaling, sizes.scaling_timed_s, sizes.batch),
+                  estimate_s=len(scaling) * (sizes.scaling_timed_s + 8))
     bench.section("compute_only_compile", lambda: compute_only(eager, classes, device, sizes, True, peak),
                   estimate_s=60)
     bench.section("fit_decode_on_device_compile", lambda: pipeline(bench, "decode-on-device-compile", recipe(

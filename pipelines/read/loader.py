@@ -18,7 +18,9 @@ Why not read_parquet -> map_batches: that is two operators, and on a small node 
 reserves a CPU for each (its ReservationOpResourceAllocator rounds each operator's share up to one
 task), so the decoding ran one task at a time while the reads lasted (task spans on 2 CPUs;
 benchmarks/RESULTS.md). Reading inside the decoding task leaves one operator that may use every
-CPU, reads each row group once, and keeps tasks small enough to spread over many cores.
+CPU, reads each row group once, and keeps tasks small enough to spread over many cores. A task
+takes several consecutive units when the stream is long (stream_blocks), so that Ray Data's pause
+between one task and the next on a worker costs little.
 
 Per epoch, with W train workers, batch size B per worker and N training images: the stream holds
 M = W * K * B images of each epoch, K = floor(floor(N / W) / B), cut from the end of that epoch's
@@ -71,6 +73,10 @@ from pipelines.read.device_augment import plan_batch
 # reduced size when the recipe needs at most half of it (and raw pixels carry their shape in it).
 COLUMNS = ["id", "image", "label", "height", "width"]
 MAX_BLOCKS = 20_000  # blocks of the stream's item list (a 90-epoch ImageNet run has ~110k units)
+# Images one map task works through when the stream is long enough: a second or two of decoding
+# on a core. Ray Data leaves ~0.1 s between a task's end and the next task on its worker (ray
+# issues 42377, 45934), a third of the time of a 375-image unit.
+TASK_ROWS = 2048
 
 
 class _Value:
@@ -223,16 +229,28 @@ def _unit_batches(unit: dict, columns: list[str], batch_rows: int):
         yield {c: v[offset:offset + batch_rows] for c, v in rows.items()}
 
 
+def stream_blocks(units: list[dict], epochs: int, cpus: float) -> int:
+    """Blocks (one map task each) of a stream of `epochs` x `units`: consecutive units share a
+    task up to about TASK_ROWS images, while the stream keeps at least four tasks per CPU (so
+    that its last round is short), one unit per task at least, and at most MAX_BLOCKS blocks."""
+    items = len(units) * epochs
+    if items == 0:
+        return 1
+    unit_rows = sum(u["rows"] for u in units) / len(units)
+    task_rows = min(TASK_ROWS, unit_rows * items / max(1, int(4 * cpus)))
+    per_task = max(1, int(task_rows // max(1.0, unit_rows)))
+    return max(1, min(items, MAX_BLOCKS, -(-items // per_task)))
+
+
 def _unit_dataset(paths: list[str], columns: list[str], fn, fn_kwargs: dict, *, batch_rows: int,
                   order_seed: int | None, start, first_epoch: int, epochs: int, per_epoch: int | None):
 
-    units = _units(paths, _cluster_cpus(), batch_rows)
-    total = len(units) * epochs
+    cpus = _cluster_cpus()
+    units = _units(paths, cpus, batch_rows)
     kwargs = {"units": units, "columns": columns, "fn": fn, "fn_kwargs": fn_kwargs, "batch_rows": batch_rows,
               "order_seed": order_seed, "start": start, "first_epoch": first_epoch, "per_epoch": per_epoch}
-    # One block per item (one task per unit), up to a bound on how many blocks a plan holds; past
-    # it a task handles a few consecutive units.
-    items = ray.data.range(total, override_num_blocks=max(1, min(total, MAX_BLOCKS)))
+    # Each block of items is one map task, which handles its consecutive items one after the other.
+    items = ray.data.range(len(units) * epochs, override_num_blocks=stream_blocks(units, epochs, cpus))
     items = items.rename_columns({"id": "item"})
     return items.map_batches(_run_units, batch_size=None, batch_format="numpy", fn_kwargs=kwargs)
 

@@ -10,7 +10,8 @@ import pytest
 
 from pipelines.dataset import open_dataset
 from pipelines.read.device_augment import augment_on_device
-from pipelines.read.loader import StartEpoch, epoch_plan, train_dataset, train_preset, train_sample, unit_order, val_dataset
+from pipelines.read.loader import (MAX_BLOCKS, TASK_ROWS, StartEpoch, epoch_plan, stream_blocks, train_dataset,
+                                   train_preset, train_sample, unit_order, val_dataset)
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +131,31 @@ def test_epoch_plan_cuts_each_epoch_to_its_share():
     assert epoch_plan(units, 5, 3, None) != full  # and so does its plan
 
 
-def test_one_stream_holds_every_epoch_in_its_seeded_order(info, ray_local):
+def test_a_map_task_takes_consecutive_units_up_to_task_rows_keeping_four_tasks_per_cpu():
+    units = [{"rows": 375}] * 16
+    assert stream_blocks(units, 5, 2) == 16  # 5 units (1,875 images) a task, not 80 tasks of 375
+    assert stream_blocks(units, 1, 2) == 8  # one epoch on 2 CPUs: still 4 tasks per CPU
+    assert stream_blocks(units, 1, 16) == 16  # never fewer than one unit per task
+    assert stream_blocks([{"rows": 22}] * 4, 3, 2) == 12  # tiny streams: one unit per task
+    assert stream_blocks([{"rows": 1024}] * 1250, 90, 16) == MAX_BLOCKS
+    assert stream_blocks([], 3, 2) == 1
+
+
+@pytest.mark.parametrize("task_rows", [0, TASK_ROWS])
+def test_one_stream_holds_every_epoch_in_its_seeded_order(info, ray_local, monkeypatch, task_rows):
     """With preserve_order (so that task timing cannot reorder the stream), a 2-epoch stream is
     epoch 0 then epoch 1, each in its own seeded unit order and covering the split; a stream that
-    starts at epoch 1 (a resumed run) repeats the first stream's second epoch exactly."""
+    starts at epoch 1 (a resumed run) repeats the first stream's second epoch exactly. The same
+    whether each map task takes one work unit or several (task_rows 0: one; on one CPU the
+    default lets a task take several of this split's small units)."""
     from ray.data import DataContext
 
+    from pipelines.read import loader
+
+    monkeypatch.setattr(loader, "TASK_ROWS", task_rows)
+    monkeypatch.setattr(loader, "_cluster_cpus", lambda: 1.0)
+    units = loader._units(info.shard_paths("train"), 1.0, 4)
+    assert (loader.stream_blocks(units, 2, 1.0) < 2 * len(units)) == (task_rows > 0)
     ctx = DataContext.get_current()
     before = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True
