@@ -154,7 +154,7 @@ def test_ctrl_c_stops_ray_cleanly(tmp_path):
     mark = f"ctrl-c-{os.getpid()}-{time.time_ns()}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "ALEXNET_TEST_MARK": mark}
     proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "demo", "--workdir", str(tmp_path),
-                             "--images-per-class", "10", "--epochs", "50"],
+                             "--images-per-class", "10", "--epochs", "500"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.time() + 180
     for line in proc.stdout:  # wait until training is under way

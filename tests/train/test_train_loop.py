@@ -31,3 +31,23 @@ def test_an_epochs_report_maps_back_to_its_mlflow_metrics():
     assert set(metrics) - {"epoch"} == set(METRIC_NAMES)
     report = {k.replace("/", "_"): v for k, v in metrics.items()}
     assert from_report(report) == {k: v for k, v in metrics.items() if k != "epoch"}
+
+
+def test_a_run_starts_with_a_short_controller_poll_unless_the_user_set_one(monkeypatch):
+    """Ray Train's controller takes a report only when it polls (every 2 s by default) and the
+    worker waits for it: fit() asks for CONTROLLER_POLL_S, through the variable Ray copies from
+    the driver to the run's controller; a user's own value wins, and nothing is left set."""
+    import os
+
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    from alexnet.train.fit import CONTROLLER_POLL_S, POLL_VAR, _controller_poll
+
+    monkeypatch.delenv(POLL_VAR, raising=False)
+    with _controller_poll(CONTROLLER_POLL_S):
+        assert float(get_env_vars_to_propagate()[POLL_VAR]) == CONTROLLER_POLL_S < 2.0
+    assert POLL_VAR not in os.environ
+    monkeypatch.setenv(POLL_VAR, "5")
+    with _controller_poll(CONTROLLER_POLL_S):
+        assert get_env_vars_to_propagate()[POLL_VAR] == "5"
+    assert os.environ[POLL_VAR] == "5"

@@ -130,7 +130,7 @@ def test_ingest_of_node_local_folders_on_two_nodes_is_one_line(cluster, shapes_s
                            "MLflow run FINISHED with one point per epoch; the model registered")
 def test_a_killed_worker_node_and_a_killed_driver_resume_from_s3_in_the_same_mlflow_run(cluster, s3_dataset, bucket,
                                                                                         mlflow_server, tmp_path):
-    runs, name, epochs = f"{bucket}/runs", "two-nodes", 5
+    runs, name, epochs = f"{bucket}/runs", "two-nodes", 8  # short epochs: room to kill the driver mid-run
     cmd = _train(s3_dataset, tmp_path / "work", mlflow_server.uri, name, "--storage", runs,
                  "--set", f"optim.epochs={epochs}", "--set", "run.max_failures=1")
     client = MlflowClient(mlflow_server.uri)
