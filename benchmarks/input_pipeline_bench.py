@@ -186,21 +186,21 @@ def _map_tasks(info, cpus: int, epochs: int) -> int:
 
 class ParquetImages:
     """Map-style torch Dataset over the Parquet shards: the same decoder and TrainPreset as the
-    Ray Data tasks, one image per item (its plan drawn for it alone)."""
+    Ray Data tasks, one image per item (its plan drawn for it alone, from its stored size). Also
+    the DataLoader-fed baseline of benchmarks/train_bench.py. Persistent workers keep their copy,
+    so every epoch draws epoch 0's plans again: the same work per image, which is what is timed."""
 
-    def __init__(self, info, crop: int):
+    def __init__(self, info, preset, seed: int = 0):
         import pyarrow.parquet as pq
 
-        from pipelines.read.loader import train_preset
-
-        self.blobs, self.labels, self.keys = [], [], []
+        self.blobs, self.labels, self.keys, self.sizes = [], [], [], []
         for path in info.shard_paths("train"):
-            t = pq.read_table(path, columns=["id", "image", "label"])
+            t = pq.read_table(path, columns=["id", "image", "label", "height", "width"])
             self.blobs += t.column("image").to_pylist()
             self.labels += t.column("label").to_pylist()
             self.keys += [int(i[:15], 16) for i in t.column("id").to_pylist()]
-        self.preset = train_preset(info, crop=crop, resize=256, pca_lighting=0.1, flip=True)
-        self.epoch = 0
+            self.sizes += zip(t.column("height").to_pylist(), t.column("width").to_pylist())
+        self.preset, self.seed, self.epoch = preset, seed, 0
 
     def __len__(self) -> int:
         return len(self.blobs)
@@ -210,9 +210,11 @@ class ParquetImages:
 
         from pipelines.decode import decode_stored
 
-        plan = self.preset.plans([256], [256], np.array([self.keys[i]], dtype=np.uint64), seed=0, epoch=self.epoch)[0]
+        h, w = self.sizes[i]
+        plan = self.preset.plans([w], [h], np.array([self.keys[i]], dtype=np.uint64), seed=self.seed,
+                                 epoch=self.epoch)[0]
         out = np.empty((3, self.preset.crop, self.preset.crop), dtype=np.uint8)
-        self.preset.execute(decode_stored(self.blobs[i], height=256, width=256, shorter_side=256), plan, out)
+        self.preset.execute(decode_stored(self.blobs[i], height=h, width=w), plan, out)
         return torch.from_numpy(out), self.labels[i]
 
 
@@ -220,7 +222,10 @@ def dataloader_rate(info, workers: int, epochs: int, crop: int, warmup: int) -> 
     import torch
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(ParquetImages(info, crop), batch_size=BATCH, shuffle=True, num_workers=workers,
+    from pipelines.read.loader import train_preset
+
+    preset = train_preset(info, crop=crop, resize=256, pca_lighting=0.1, flip=True)
+    loader = DataLoader(ParquetImages(info, preset), batch_size=BATCH, shuffle=True, num_workers=workers,
                         persistent_workers=workers > 0)
 
     def batches():

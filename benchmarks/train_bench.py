@@ -7,7 +7,7 @@ Baseline: the same model, optimiser and batch size in one process, on the same t
 decoded and augmented once into memory beforehand (so it pays no decoding at all), using every core,
 after Ray has been shut down (no idle daemons beside it).
 Second baseline: the same loop fed by a torch DataLoader whose worker processes (one per core)
-decode and augment every epoch with the same decoder and preset (`DecodingImages`), what a user
+decode and augment every epoch with the same decoder and preset (`input_pipeline_bench.ParquetImages`), what a user
 would write instead. All run on the whole machine, so the ratios are also per-core ratios.
 
     .venv/bin/python benchmarks/train_bench.py [--images-per-class 120] [--epochs 4] [--workers 1,2] [--out benchmarks/results/train_bench.json]
@@ -60,40 +60,6 @@ def plain_loop(cfg, info, epochs: int) -> float:
     return statistics.median(rates[1:]) if len(rates) > 1 else rates[0]
 
 
-class DecodingImages:
-    """Map-style torch Dataset over the training shards that decodes and augments one image per
-    item in the DataLoader's worker processes, with the pipeline's decoder and the recipe's
-    TrainPreset (its plan drawn per image): what a user would write instead of this project."""
-
-    def __init__(self, cfg, info):
-        import pyarrow.parquet as pq
-
-        from pipelines.read.loader import train_preset
-
-        table = pq.read_table(info.shard_paths("train"), columns=["id", "image", "label", "height", "width"])
-        self.rows = table.to_pydict()
-        self.preset = train_preset(info, **cfg.data.augmentation)
-        # The workers keep their copy for the run (persistent), so each epoch draws epoch 0's
-        # plans again: the same work per image, which is what this baseline measures.
-        self.seed, self.epoch = cfg.data.seed, 0
-
-    def __len__(self) -> int:
-        return len(self.rows["label"])
-
-    def __getitem__(self, i: int):
-        import numpy as np
-        import torch
-
-        from pipelines.decode import decode_stored
-
-        h, w = self.rows["height"][i], self.rows["width"][i]
-        key = np.array([int(self.rows["id"][i][:15], 16)], dtype=np.uint64)
-        plan = self.preset.plans([w], [h], key, seed=self.seed, epoch=self.epoch)[0]
-        out = np.empty((3, self.preset.crop, self.preset.crop), dtype=np.uint8)
-        self.preset.execute(decode_stored(self.rows["image"][i], height=h, width=w), plan, out)
-        return torch.from_numpy(out), self.rows["label"][i]
-
-
 def dataloader_loop(cfg, info, epochs: int) -> float:
     """Images/s of the same single-process training fed by a torch DataLoader whose worker
     processes (one per core, persistent) decode and augment every epoch (epoch 0 is warm-up)."""
@@ -104,10 +70,12 @@ def dataloader_loop(cfg, info, epochs: int) -> float:
     from alexnet.lr_schedule import scaled_lr
     from alexnet.train.epochs import train_one_epoch
     from alexnet.train.loop import make_optimizer
+    from input_pipeline_bench import ParquetImages  # benchmarks/ is the script's folder
+    from pipelines.read.loader import train_preset
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    data = DecodingImages(cfg, info)
+    data = ParquetImages(info, train_preset(info, **cfg.data.augmentation), seed=cfg.data.seed)
     loader = DataLoader(data, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
                         num_workers=os.cpu_count() or 1, persistent_workers=True)
     model = build_model(cfg.model.arch, info.num_classes, dropout=cfg.model.dropout, hidden=cfg.model.hidden)

@@ -6,7 +6,6 @@ plain PyTorch (epochs.py). Rank 0 alone writes checkpoints' metrics to MLflow.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -290,7 +289,7 @@ def start_checkpoint(registered, storage: str, run_name: str, initial: str | Non
     storage's (alexnet.train.fit.resume_point), and a group that started earlier would run out of
     stream before its last epoch. Returns (checkpoint or None, whether it is this run's own)."""
     own = checkpoint.find_latest(storage, run_name)
-    if registered is not None and (own is None or _epoch_of(registered) >= own[1]):
+    if registered is not None and (own is None or _folder_name(registered.path) == _folder_name(own[0])):
         return registered, True
     path = own[0] if own else initial
     if not path:
@@ -299,7 +298,7 @@ def start_checkpoint(registered, storage: str, run_name: str, initial: str | Non
     return found, bool(own)
 
 
-def _epoch_of(registered) -> int:
-    """The epoch of a checkpoint Ray handed, from its meta.json (on whatever filesystem it lives)."""
-    with registered.filesystem.open_input_stream(f"{registered.path}/{checkpoint.META_FILE}") as f:
-        return int(json.loads(f.read())["epoch"])
+def _folder_name(path: str) -> str:
+    """A checkpoint's folder name (checkpoint_<time>), from a path or a URI: Ray's checkpoint is one
+    of the run's complete ones, so it is the latest exactly when its folder is find_latest's."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
