@@ -93,7 +93,10 @@ def test_the_same_picture_gets_the_same_prediction_in_every_format(trained, tmp_
     by_file = dict(zip(table.name, table.pred_name))
     assert not any(table.error), table.error.tolist()
     assert {by_file[n] for n in _variants(picture)} == {"hstripes"}, by_file
-    assert by_file["placeholder.png"] == "vstripes"  # the model does tell the two apart
+    # The turned picture must not read as hstripes: that is what makes phone.jpg's answer mean the
+    # EXIF turn was applied. It need not read as vstripes: a 12-epoch model at ~0.9 top-1 called
+    # it "circle" once in CI (12-06), which says nothing about the decoders.
+    assert by_file["placeholder.png"] != "hstripes", by_file
 
     dataset = tmp_path / "ingested"
     assert main(["ingest", str(folder), str(dataset), "--val-fraction", "0"]) == 0
