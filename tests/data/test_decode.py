@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,8 @@ from PIL import Image
 from pipelines import decode
 from pipelines.decode import ImageDecodeError, decode_stored, jpeg_size, open_source, source_array
 from tests.support import png_header_only
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _picture(h: int = 48, w: int = 64) -> np.ndarray:
@@ -130,12 +136,34 @@ def test_junk_between_segments_does_not_skip_the_size_check(monkeypatch):
         decode_stored(headless)
 
 
-@pytest.mark.fault("decompression bomb: a 40000 x 40000 PNG header (4.8 GB decoded)", inputs=1,
-                   outcome="refused as 'too large' from its header; nothing allocated")
-def test_the_default_limit_refuses_a_real_bomb_without_allocating_it():
-    """A 40000 x 40000 PNG (4.8 GB of RGB once decoded) from a header of a few dozen bytes."""
-    with pytest.raises(ImageDecodeError, match="too large"):
-        source_array(png_header_only(40000, 40000))
+# Measured in a process of its own, so the peak is this call's and not an earlier test's.
+_BOMBS = """
+import json, resource
+from pipelines.decode import ImageDecodeError, source_array
+from tests.support import png_header_only
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+said = []
+for side in (10000, 40000):
+    try:
+        source_array(png_header_only(side, side))
+        said.append("decoded")
+    except ImageDecodeError as err:
+        said.append(str(err))
+print(json.dumps({"grew_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, "said": said}))
+"""
+
+
+@pytest.mark.fault("decompression bombs: PNG headers of 10000 x 10000 (over the project's limit, under PIL's) and "
+                   "40000 x 40000 (over both; 4.8 GB decoded)", inputs=2,
+                   outcome="both refused as 'too large' from their headers; the process's peak memory grows < 50 MiB")
+def test_the_default_limit_refuses_real_bombs_without_allocating_them():
+    done = subprocess.run([sys.executable, "-c", _BOMBS], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    project, pil = result["said"]
+    assert project.startswith("too large: 10000x10000 px is over the limit"), project  # the project's own check
+    assert pil.startswith("too large:"), pil  # PIL's bomb check answers first at this size
+    assert result["grew_kib"] < 50 * 1024, result
 
 
 def test_decode_on_device_falls_back_to_cpu_with_one_warning(caplog, monkeypatch):

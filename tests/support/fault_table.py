@@ -41,29 +41,30 @@ this file and the markers disagree. Every test listed runs in CI (`make test`).
 
 
 def collect() -> list[dict]:
-    """The fault markers of every collected test, without running any (pytest --collect-only)."""
+    """The fault markers of every collected test, without running any (pytest --collect-only); each
+    row also says how many cases pytest collected for that test (1 unless it is parametrized)."""
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "tests.support.fault_table",
                           "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True)
     rows = [line.split("\t")[1:] for line in out.stdout.splitlines() if line.startswith("FAULT\t")]
     if out.returncode != 0:  # a partial collection would quietly drop its modules' rows
         raise RuntimeError(f"collecting the tests failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return [{"test": t, "what": w, "inputs": i, "outcome": o} for t, w, i, o in rows]
+    return [{"test": t, "what": w, "inputs": i, "outcome": o, "cases": int(c)} for t, w, i, o, c in rows]
 
 
 def pytest_collection_finish(session) -> None:
     """Plugin hook (`-p tests.support.fault_table`): print one FAULT line per marked test function; a
-    parametrized test is one line, its marker's `inputs` counting the cases."""
-    seen = set()
+    parametrized test is one line, its marker's `inputs` counting the inputs over all its cases."""
+    found: dict[tuple, list] = {}
     for item in session.items:
         test = item.nodeid.split("[")[0]
         for mark in item.iter_markers("fault"):
-            if (test, mark.args, tuple(sorted(mark.kwargs.items()))) in seen:
-                continue
-            seen.add((test, mark.args, tuple(sorted(mark.kwargs.items()))))
-            what = mark.args[0] if mark.args else mark.kwargs["what"]
-            inputs = mark.kwargs.get("inputs", 1)
-            outcome = mark.kwargs["outcome"]
-            print(f"FAULT\t{test}\t{what}\t{inputs}\t{outcome}")
+            key = (test, mark.args, tuple(sorted(mark.kwargs.items())))
+            if key not in found:
+                what = mark.args[0] if mark.args else mark.kwargs["what"]
+                found[key] = [test, what, mark.kwargs.get("inputs", 1), mark.kwargs["outcome"], 0]
+            found[key][4] += 1
+    for test, what, inputs, outcome, cases in found.values():
+        print(f"FAULT\t{test}\t{what}\t{inputs}\t{outcome}\t{cases}")
 
 
 def render(rows: list[dict]) -> str:
