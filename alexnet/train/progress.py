@@ -18,6 +18,7 @@ from typing import Callable
 
 import ray
 from ray.train import UserCallback
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from pipelines.redaction import redact
@@ -46,8 +47,16 @@ def failure_line(errors: dict, *, resume_epoch: int, epochs: int, restart: int, 
 
 
 def describe_failure(err: BaseException) -> str:
-    """A dead worker process, or the last line of what the loop raised."""
+    """A lost worker node, a dead worker process, or the last line of what the loop raised."""
     cause = getattr(err, "health_check_failure", None) or err  # Ray Train's wrapper of a failed poll
+    if isinstance(cause, ray.exceptions.ActorUnavailableError):
+        # What Ray raises when the worker's node stops answering (a lost or preempted node, or a
+        # network cut), before it has declared that node dead.
+        return f"its node stopped answering: {type(cause).__name__}"
+    if isinstance(cause, ray.exceptions.ActorDiedError) and getattr(cause, "preempted", False):
+        return f"its node was preempted: {type(cause).__name__}"
+    if isinstance(cause, ray.exceptions.ActorDiedError) and "node has died" in str(cause):  # GCS's words
+        return f"its node died: {type(cause).__name__}"
     if isinstance(cause, ray.exceptions.RayActorError):
         return f"its process died: {type(cause).__name__}"
 
@@ -191,7 +200,10 @@ class RunView:
 
     def __init__(self, display: Display):
         self.display = display
-        self.board = ray.remote(num_cpus=0)(Board).remote()
+        # On the driver's node: a Board on a worker node would die with that node, and with it
+        # the line that says the node was lost and every line after.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.board = ray.remote(num_cpus=0)(Board).options(scheduling_strategy=here).remote()
         self.channel = Channel(self.board)
         self._pending = None
         self._gone = False

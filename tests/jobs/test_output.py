@@ -51,7 +51,7 @@ def test_off_a_terminal_progress_is_a_plain_line_every_interval_then_the_epoch_l
 
 
 def test_notes_and_recovered_failures_go_to_stderr_as_one_line(capsys):
-    from ray.exceptions import ActorDiedError
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
 
     out = io.StringIO()
     display = Display(epochs=4, steps=5, images_per_step=8, out=out, interactive=False)
@@ -65,6 +65,8 @@ def test_notes_and_recovered_failures_go_to_stderr_as_one_line(capsys):
                    "[tracking] MLflow unreachable (ConnectionError); training continues"]
     assert out.getvalue() == ""
     assert describe_failure(RuntimeError("Traceback ...\n  File x\nOSError: disk full\n")) == "OSError: disk full"
+    assert describe_failure(ActorUnavailableError("node gone", b"\x00" * 16)) == (
+        "its node stopped answering: ActorUnavailableError")  # a lost node, as test_two_nodes sees it
     leak = describe_failure(RuntimeError("MlflowException: http://ann:hunter2@mlflow:5000/api did not answer"))
     assert "hunter2" not in leak and "mlflow:5000" in leak
 

@@ -163,6 +163,11 @@ def test_a_killed_worker_node_and_a_killed_driver_resume_from_s3_in_the_same_mlf
             os.killpg(driver.pid, signal.SIGKILL)
     done = checkpoint.find_latest(runs, name)[1]
     assert 2 <= done < epochs - 1
+    # The lost node is one line of the driver's, naming the epoch the restarted workers begin with.
+    lost = re.findall(rf"^worker \d failed \((.+)\); resuming at epoch (\d)/{epochs} from the last checkpoint "
+                      rf"\(restart 1, run.max_failures=1\)$", first_log.read_text(), re.M)
+    assert len(lost) == 1 and int(lost[0][1]) >= 2, first_log.read_text()[-3000:]
+    assert lost[0][0].startswith("its node "), lost  # says the node, not just a process, was lost
 
     rerun = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
