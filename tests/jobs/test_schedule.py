@@ -181,6 +181,7 @@ def tick(f, now):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # end to end: three `alexnet schedule tick` processes and a real job on the cluster
 @pytest.mark.fault("the scheduler state file lost after a submit", inputs=1,
                    outcome="the job found on the cluster and counted as submitted; one job for the slot")
 def test_tick_processes_submit_each_slot_once(ray_head, png_source, tmp_path):  # noqa: F811
