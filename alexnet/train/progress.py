@@ -53,7 +53,7 @@ def describe_failure(err: BaseException) -> str:
         # What Ray raises when the worker's node stops answering (a lost or preempted node, or a
         # network cut), before it has declared that node dead.
         return f"its node stopped answering: {type(cause).__name__}"
-    if isinstance(cause, ray.exceptions.ActorDiedError) and getattr(cause, "preempted", False):
+    if isinstance(cause, ray.exceptions.ActorDiedError) and cause.preempted:
         return f"its node was preempted: {type(cause).__name__}"
     if isinstance(cause, ray.exceptions.ActorDiedError) and "node has died" in str(cause):  # GCS's words
         return f"its node died: {type(cause).__name__}"

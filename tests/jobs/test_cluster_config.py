@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -126,18 +128,11 @@ def test_every_node_gets_rays_token_and_only_the_head_the_jobs_mlflow_login(tmp_
         assert read_mlflow_creds() == ("alexnet-jobs", SSM["/alexnet/mlflow/jobs-password"])
 
 
-def _wait_for(path: Path, seconds: float = 20.0) -> dict:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.1)
-    return json.loads(path.read_text())
-
-
 def test_the_heads_mlflow_listens_on_loopback_and_its_secrets_never_reach_the_disk(tmp_path):
     done = _run_setup(tmp_path, _commands("head_setup_commands", "mlflow server"), SSM)
     assert done.returncode == 0, done.stderr
-    server = _wait_for(tmp_path / "home" / "mlflow-server.json")
+    record = tmp_path / "home" / "mlflow-server.json"
+    server = json.loads(wait_for(lambda: record.is_file() and record.read_text(), 20, "the MLflow server's start"))
     argv = server["argv"]
     assert argv[:3] == ["server", "--app-name", "basic-auth"]
     assert argv[argv.index("--host") + 1] == "127.0.0.1"  # jobs run on the head; you come by SSH tunnel
