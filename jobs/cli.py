@@ -25,6 +25,7 @@ COMMANDS = (
     "jobs.commands.demo",
     "jobs.commands.ingest",
     "jobs.commands.train",
+    "jobs.commands.tune",
     "jobs.commands.predict",
     "jobs.commands.evaluate",
     "jobs.commands.promote",

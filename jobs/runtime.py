@@ -138,6 +138,11 @@ def ray_session(num_cpus: int | None = None):
         data.enable_progress_bars = True  # a bar on a terminal, else a line every 30 s (jobs/output.py)
         data.enable_operator_progress_bars = not quiet  # one bar per execution, not one per operator
         if quiet:
+            # log_to_driver=False keeps the workers' output in Ray's files; the raylet's own warnings
+            # (e.g. "N worker processes have been started", which a sweep's trials always cause)
+            # reach the driver by another channel, which only this flag closes (ray.util.rpdb uses
+            # it too). They stay in the session's raylet.out.
+            ray._private.worker._worker_logs_enabled = False
             log.open(Path(context.address_info["session_dir"]) / "logs" / f"alexnet-driver-{os.getpid()}.log")
             output.route_library_logs(log)  # and what ray.init configured
             restore_stderr = output.native_stderr_to(log.path)
@@ -145,6 +150,7 @@ def ray_session(num_cpus: int | None = None):
             yield
     finally:
         ray.shutdown()
+        ray._private.worker._worker_logs_enabled = True
         if restore_stderr is not None:
             restore_stderr()
         signal.signal(signal.SIGTERM, original)

@@ -137,7 +137,7 @@ def parse_schedule(raw: dict, where: str) -> Schedule:
     if not isinstance(job, dict):
         raise UserError(f"{where}: job must be a mapping")
     _check_keys(f"{where} job", job, JOB_KEYS)
-    from jobs.submit import COMMANDS
+    from jobs.submit import COMMANDS, RUNS
 
     command = job.get("command", "train")
     if command not in COMMANDS:
@@ -155,8 +155,8 @@ def parse_schedule(raw: dict, where: str) -> Schedule:
     args = job.get("args", [])
     if not isinstance(args, list):
         raise UserError(f"{where}: job.args must be a list of strings")
-    if command == "train" and not job.get("recipe") and "--recipe" not in map(str, args):
-        raise UserError(f"{where}: a train job needs job.recipe (a shipped recipe such as paper or torchvision, "
+    if command in RUNS and not job.get("recipe") and "--recipe" not in map(str, args):
+        raise UserError(f"{where}: a {command} job needs job.recipe (a shipped recipe such as paper or torchvision, "
                         "or a YAML file under the project directory)")
     env = job.get("env", {})
     if not isinstance(env, dict):
@@ -354,7 +354,9 @@ def plan_tick(s: Schedule, state: ScheduleState, now: dt.datetime, statuses: dic
 def job_args(s: Schedule, rec: JobRecord) -> tuple[list[str], dict]:
     """(arguments for `python -m jobs.cli <command>`, jobs.submit.build_spec keywords) for a record."""
     args = (["--data", s.data] if s.data and s.command != "ingest" else []) + list(s.args)
-    if s.command != "train":
+    from jobs.submit import RUNS  # deferred, as COMMANDS above: a schedule file is read without Ray
+
+    if s.command not in RUNS:
         return args, {}
     return args, {"recipe": s.recipe, "run_name": run_name(s, parse_iso(rec.slot)), "trigger": rec.trigger,
                   "tags": {"schedule": s.name, "trigger_reason": rec.reason, "schedule_slot": rec.slot}}

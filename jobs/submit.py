@@ -27,7 +27,8 @@ from pipelines.redaction import carries_credentials, is_secret, redact
 from jobs.cluster import AGENT_WAIT_S, agent_not_ready, job_info, wait_for_agent
 from pipelines.errors import UserError
 
-COMMANDS = ("train", "ingest", "predict", "evaluate")
+COMMANDS = ("train", "tune", "ingest", "predict", "evaluate")
+RUNS = {"train": "--run-name", "tune": "--name"}  # commands that start tracked runs, and their run-name option
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # holds pipelines/, alexnet/, jobs/
 
 # Paths under the repo root never uploaded: environments, history, outputs, caches.
@@ -116,18 +117,28 @@ def slug(text: str, limit: int = 60) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:limit] or "job"
 
 
-def recipe_arg(recipe: str) -> str:
-    """A recipe file must live under the project root to be uploaded with it; shipped names pass as-is."""
+def recipe_arg(recipe: str, option: str = "--recipe") -> str:
+    """A recipe (or space) file must live under the project root to be uploaded with it; shipped
+    names pass as-is. Returns its path relative to the root, where the job runs."""
     path = Path(recipe)
-    if not path.suffix:
+    if not path.suffix and option == "--recipe":
         return recipe
     if not path.is_file():
-        raise UserError(f"--recipe {recipe}: no such file")
+        raise UserError(f"{option} {recipe}: no such file")
     try:
         return str(path.resolve().relative_to(PROJECT_ROOT))
     except ValueError:
-        raise UserError(f"--recipe {recipe}: outside {PROJECT_ROOT}, so it would not be uploaded with the job; "
+        raise UserError(f"{option} {recipe}: outside {PROJECT_ROOT}, so it would not be uploaded with the job; "
                         "copy it under the project directory") from None
+
+
+def _uploaded_files(args: list[str]) -> list[str]:
+    """A sweep's --space file, like a recipe file, is read by the job from the uploaded project."""
+    out = list(args)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--space":
+            out[i + 1] = recipe_arg(out[i + 1], "--space")
+    return out
 
 
 def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_name: str | None = None,
@@ -138,16 +149,16 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
         raise UserError(f"submit {command!r}: expected one of {', '.join(COMMANDS)}")
     args = list(args)
     refuse_credentials(pip or (), "--pip")
-    if command == "train":
+    if command in RUNS:
         if not recipe and "--recipe" not in args:
-            raise UserError("submit train: --recipe is required (a shipped recipe such as paper or torchvision, "
+            raise UserError(f"submit {command}: --recipe is required (a shipped recipe such as paper or torchvision, "
                             "or a YAML file under the project directory)")
-        run_name = run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
-        args = (["--recipe", recipe_arg(recipe)] if recipe else []) + args
-        args += ["--run-name", run_name, "--trigger", trigger or "manual"]
+        run_name = run_name or f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+        args = (["--recipe", recipe_arg(recipe)] if recipe else []) + _uploaded_files(args)
+        args += [RUNS[command], run_name, "--trigger", trigger or "manual"]
         args += [a for k, v in (tags or {}).items() for a in ("--tag", f"{k}={v}")]
     elif recipe or run_name or trigger or tags:
-        raise UserError(f"submit {command}: --recipe, --run-name, --trigger and --tag apply to train only")
+        raise UserError(f"submit {command}: --recipe, --run-name, --trigger and --tag apply to train and tune only")
     refuse_credentials(args)  # the whole command line, a --tag or --run-name included
     digest = config_hash(command, args)
     if not submission_id:

@@ -95,24 +95,41 @@ def find_latest(storage_path: str, run_name: str) -> tuple[str, int] | None:
     `storage_path` (a folder or a URI such as s3://bucket/runs), or None when the run has no
     complete checkpoint. A store that fails to answer (after READ_RETRY_WAITS_S) is a UserError,
     never "no checkpoint"."""
+    found = complete_checkpoints(storage_path, run_name)
+    if not found:
+        return None
+    path, meta = max(found, key=lambda pm: int(pm[1]["epoch"]))
+    return path, int(meta["epoch"])
+
+
+def find_best(storage_path: str, run_name: str) -> tuple[str, dict] | None:
+    """(checkpoint path or URI, its meta.json) of `run_name`'s best stored val top-1 (the later
+    epoch on a tie), or None when the run has no complete checkpoint with metrics."""
+    found = [(p, m) for p, m in complete_checkpoints(storage_path, run_name) if "val_top1" in (m.get("metrics") or {})]
+    if not found:
+        return None
+    return max(found, key=lambda pm: (pm[1]["metrics"]["val_top1"], int(pm[1]["epoch"])))
+
+
+def complete_checkpoints(storage_path: str, run_name: str) -> list[tuple[str, dict]]:
+    """[(path or URI, meta.json)] of `run_name`'s checkpoints whose upload finished."""
     run = storage.locate(storage_path).join(run_name)
     entries = _reading(lambda: storage.listing(run), run)
-    best = None
+    found = []
     for entry in entries:
         if entry.type != pyarrow.fs.FileType.Directory or not entry.base_name.startswith("checkpoint_"):
             continue
         folder = run.join(entry.base_name)
         try:
             meta = json.loads(_reading(lambda: storage.read_bytes(folder.join(META_FILE)), folder))
-            epoch = int(meta["epoch"])
+            int(meta["epoch"])
             state = _reading(lambda: folder.fs.get_file_info(folder.join(STATE_FILE).path), folder)
             if state.type != pyarrow.fs.FileType.File or state.size != meta.get("state_bytes", state.size):
                 continue  # upload cut off (a killed driver or worker): not a checkpoint to resume from
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             continue  # half-uploaded or foreign: not a checkpoint to resume from
-        if best is None or epoch > best[1]:
-            best = (folder.uri, epoch)
-    return best
+        found.append((folder.uri, meta))
+    return found
 
 
 def _reading(call, where: storage.Location):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchTrainer
 
 from alexnet import ARCHITECTURES
@@ -98,13 +98,18 @@ def check_inputs(cfg: Config) -> DatasetInfo:
     info = open_dataset(cfg.data.path)
     if info.split_size("val") == 0:
         raise UserError(f"{info.path}: the val split is empty; re-ingest with --val-fraction > 0")
+    check_batches(cfg, info)
+    return info
+
+
+def check_batches(cfg: Config, info: DatasetInfo) -> None:
+    """The batch and worker arithmetic of `cfg` against the dataset's training split."""
     per_worker = cfg.optim.batch_size // cfg.run.num_workers
     if info.split_size("train") < cfg.optim.batch_size:
         raise UserError(f"optim.batch_size={cfg.optim.batch_size} is larger than the {info.split_size('train')} "
                         f"training images of {info.path}")
     if per_worker < 1:
         raise UserError(f"optim.batch_size={cfg.optim.batch_size} gives no images per worker")
-    return info
 
 
 def steps_per_epoch(images: int, workers: int, per_worker: int) -> int:
@@ -114,10 +119,14 @@ def steps_per_epoch(images: int, workers: int, per_worker: int) -> int:
 
 
 def fit(cfg: Config, info: DatasetInfo, preset: TrainPreset, *, run_name: str, storage: str | Path,
-        tracking_uri: str, run_id: str, resume: ResumePoint | None = None) -> Outcome:
+        tracking_uri: str, run_id: str, resume: ResumePoint | None = None, share: dict | None = None,
+        callbacks: tuple = ()) -> Outcome:
     """Train `cfg` on `info` with the augmentation `preset` as Ray Train run `run_name`, from
-    `resume` (resume_point) if any; metrics go to MLflow run `run_id` from rank 0."""
-    placement = plan_placement(cfg, ray.cluster_resources())
+    `resume` (resume_point) if any; metrics go to MLflow run `run_id` from rank 0.
+    share: the resources ({"CPU": n, "GPU": m}) this run may use, its workers and its Ray Data
+    tasks together, when it shares the cluster with others (a sweep's trials); None: the whole
+    cluster. callbacks: more ray.train.UserCallbacks (a sweep's report to Ray Tune)."""
+    placement = plan_placement(cfg, share or ray.cluster_resources())
     if cfg.data.decode == "gpu" and not placement.decode_on_device:
         print("data.decode=gpu: this run has no GPU; Ray Data's CPU workers decode instead", flush=True)
     first_epoch = resume.epoch + 1 if resume is not None else 0
@@ -156,9 +165,10 @@ def fit(cfg: Config, info: DatasetInfo, preset: TrainPreset, *, run_name: str, s
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
                                                checkpoint_score_attribute="val_top1", checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            callbacks=[view.reporter(first_epoch=first_epoch, max_failures=cfg.run.max_failures)],
+            callbacks=[view.reporter(first_epoch=first_epoch, max_failures=cfg.run.max_failures), *callbacks],
         ),
         datasets=datasets,
+        dataset_config=_data_config(share, cfg.run.num_workers * placement.cpus_per_worker),
     )
     last_epoch = None
     try:
@@ -170,6 +180,16 @@ def fit(cfg: Config, info: DatasetInfo, preset: TrainPreset, *, run_name: str, s
     finally:
         view.close(last_epoch=last_epoch)  # a finished run's last epoch line is printed before anything else
     return _outcome(result, run_name, str(storage), resume)
+
+
+def _data_config(share: dict | None, reserved_cpus: float) -> DataConfig:
+    """Ray Data's default for Train's datasets; under a `share`, capped to the share's CPUs that
+    the workers leave, so concurrent runs do not each schedule tasks as if the cluster were theirs."""
+    if share is None:
+        return DataConfig()
+    options = DataConfig.default_ingest_options()
+    options.resource_limits = options.resource_limits.copy(cpu=max(1.0, share.get("CPU", 0) - reserved_cpus))
+    return DataConfig(execution_options=options)
 
 
 def resume_point(cfg: Config, storage: str, run_name: str, resume_from: str | None, *,

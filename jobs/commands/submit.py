@@ -20,10 +20,10 @@ from jobs.commands import parse_pairs
 
 def _options(p) -> None:
     p.add_argument("--address", help="job server, http://HEAD:8265 (default: $RAY_ADDRESS)")
-    p.add_argument("--recipe", help="train only: shipped recipe name or a YAML file under the project directory")
-    p.add_argument("--run-name", help="train only: Ray/MLflow run name (default: train-<time>)")
-    p.add_argument("--trigger", choices=("manual", "schedule", "new-data"), help="train only: why (an MLflow tag; default manual)")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="train only: extra MLflow run tag (repeatable)")
+    p.add_argument("--recipe", help="train/tune only: shipped recipe name or a YAML file under the project directory")
+    p.add_argument("--run-name", help="train/tune only: Ray/MLflow run name, or the sweep's --name (default: COMMAND-<time>)")
+    p.add_argument("--trigger", choices=("manual", "schedule", "new-data"), help="train/tune only: why (an MLflow tag; default manual)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="train/tune only: extra MLflow run tag (repeatable)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment variable for the job (repeatable; never a secret)")
     p.add_argument("--pip", action="append", default=[], metavar="REQ", help="extra pip requirement for this job (repeatable)")
     p.add_argument("--submission-id", help="job id (default: alexnet-COMMAND-RUNNAME-<hash>); an existing id is refused")
@@ -36,7 +36,7 @@ def _options(p) -> None:
 def add_parser(sub) -> None:
     from jobs.submit import COMMANDS
 
-    p = sub.add_parser("submit", help="submit train/ingest/predict/evaluate as a job to a Ray cluster",
+    p = sub.add_parser("submit", help="submit train/tune/ingest/predict/evaluate as a job to a Ray cluster",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _options(p)
     p.add_argument("job", choices=COMMANDS, help="the project command the job runs")

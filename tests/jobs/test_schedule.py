@@ -348,3 +348,17 @@ def test_one_bad_schedule_does_not_stop_the_others(ray_head, tmp_path):
     assert any(line.startswith("fine:") for line in lines), lines
     states = load_state(state)
     assert all(states[name].jobs == [] for name in ("listed", "unreadable", "fine"))
+
+
+def test_a_scheduled_sweep_is_submitted_as_tune_with_its_slot_as_the_sweep_name():
+    """A tune schedule runs `alexnet tune` with the recipe and the slot's run name (its --name):
+    a retry of the slot continues the same sweep, as a retried train job continues its run."""
+    s = sch.parse_schedule({"name": "weekly-sweep", "cron": "0 3 * * 0",
+                            "job": {"command": "tune", "recipe": "smoke", "data": "/d",
+                                    "args": ["--space", "space.yaml", "--trials", "8"]}}, "t")
+    rec = sch.plan_tick(s, sch.ScheduleState(), T0, {}).submits[0]
+    args, extra = sch.job_args(s, rec)
+    assert args == ["--data", "/d", "--space", "space.yaml", "--trials", "8"]
+    assert extra["recipe"] == "smoke" and extra["run_name"] == sch.run_name(s, sch.parse_iso(rec.slot))
+    with pytest.raises(UserError, match="a tune job needs job.recipe"):
+        sch.parse_schedule({"name": "x", "cron": "0 3 * * 0", "job": {"command": "tune"}}, "t")

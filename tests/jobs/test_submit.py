@@ -79,12 +79,27 @@ def test_a_train_job_without_a_recipe_is_refused_before_submitting():
 @pytest.mark.fault("a train-only option on ingest; a recipe outside the project", inputs=2,
                    outcome="refused before submitting")
 def test_train_only_options_and_outside_recipes_are_refused(tmp_path):
-    with pytest.raises(UserError, match="train only"):
+    with pytest.raises(UserError, match="train and tune only"):
         js.build_spec("ingest", ["a", "b"], run_name="x")
     outside = tmp_path / "r.yaml"
     outside.write_text("optim: {epochs: 1}\n")
     with pytest.raises(UserError, match="outside"):
         js.build_spec("train", [], recipe=str(outside))
+    with pytest.raises(UserError, match="--space .*outside"):
+        js.build_spec("tune", ["--space", str(outside)], recipe="smoke")
+
+
+def test_a_tune_job_names_its_sweep_and_ships_its_space_with_the_project():
+    """The space file is read by the job from the uploaded project, as a recipe file is; the run
+    name is the sweep's --name, so a retried job continues the same sweep."""
+    space = js.PROJECT_ROOT / "alexnet" / "recipes" / "smoke.yaml"  # any file under the project
+    spec = js.build_spec("tune", ["--space", str(space), "--trials", "4"], recipe="smoke", run_name="nightly",
+                         trigger="schedule", tags={"schedule": "s"})
+    assert spec.args == ("--recipe", "smoke", "--space", "alexnet/recipes/smoke.yaml", "--trials", "4",
+                         "--name", "nightly", "--trigger", "schedule", "--tag", "schedule=s")
+    assert spec.submission_id.startswith("alexnet-tune-nightly-")
+    with pytest.raises(UserError, match="submit tune: --recipe is required"):
+        js.build_spec("tune", ["--space", str(space)])
 
 
 @pytest.mark.slow  # a real job on the session's cluster, end to end

@@ -2,7 +2,7 @@
 modules import each other, counting imports inside functions too (they are still a dependency,
 only deferred):
 
-    jobs -> alexnet.demo -> alexnet.run -> alexnet.train -> alexnet.track -> alexnet.serve
+    jobs -> alexnet.demo | alexnet.sweep -> alexnet.run -> alexnet.train -> alexnet.track -> alexnet.serve
          -> alexnet (config, lr_schedule, models) -> pipelines.ingest | pipelines.read -> pipelines
 """
 
@@ -16,7 +16,7 @@ PACKAGES = ("pipelines", "alexnet", "jobs")
 # Rooms from the bottom up; a module is in the longest room its name starts with. A room may
 # import its own modules and any room below it, never one above it or one beside it.
 ROOMS = (("pipelines",), ("pipelines.ingest", "pipelines.read"), ("alexnet",), ("alexnet.serve",),
-         ("alexnet.track",), ("alexnet.train",), ("alexnet.run",), ("alexnet.demo",), ("jobs",))
+         ("alexnet.track",), ("alexnet.train",), ("alexnet.run",), ("alexnet.demo", "alexnet.sweep"), ("jobs",))
 LEVEL = {room: level for level, rooms in enumerate(ROOMS) for room in rooms}
 
 

@@ -19,7 +19,7 @@ TABLE = ROOT / "docs" / "FAULTS.md"
 
 TESTS = ROOT / "tests"
 # The areas, in the order the table lists them: a run's data flows through them in this order.
-AREA_ORDER = ("data", "ingest", "read", "train", "track", "serve", "jobs", "layout")
+AREA_ORDER = ("data", "ingest", "read", "train", "track", "serve", "sweep", "jobs", "layout")
 
 
 def area_of(test: str) -> tuple[int, str]:

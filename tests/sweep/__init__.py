@@ -1,0 +1,1 @@
+"""Sweeps: search spaces, Ray Tune trials as training runs, their MLflow runs and resume."""

@@ -1,0 +1,97 @@
+"""A sweep's space: read from YAML, checked against the typed config before anything starts, and
+drawn the same way for the same seed."""
+
+from __future__ import annotations
+
+import pytest
+
+from alexnet.config import load_config
+from alexnet.sweep.run import SweepOptions, searcher
+from alexnet.sweep.space import Dist, apply, check_space, describe, load_space, parse_space, to_tune
+from pipelines.errors import UserError
+from tests.support import cli_here
+
+
+def test_a_space_reads_every_kind_of_distribution_as_its_numbers():
+    space = parse_space({"optim.lr": "loguniform(1e-4, 1e-2)", "model.dropout": "uniform(0.2, 0.6)",
+                         "optim.batch_size": "choice(64, 128, 256)", "model.hidden": "randint(64, 513)",
+                         "optim.optimizer": "choice(sgd, adamw)"}, "t")
+    # YAML 1.1 reads 1e-4 (no dot) as a string: the space means the number.
+    assert space["optim.lr"] == Dist("loguniform", (1e-4, 1e-2))
+    assert space["optim.batch_size"].candidates() == (64, 128, 256)
+    assert space["model.hidden"].candidates() == (64, 512)  # randint's high is excluded, as in Tune
+    assert describe(space)["optim.optimizer"] == "choice('sgd', 'adamw')"
+    assert list(to_tune(space)) == list(space)
+
+
+@pytest.mark.parametrize("raw, named", [
+    ({"optim.learning_rate": "uniform(0.1, 1)"}, "unknown config key 'optim.learning_rate'"),
+    ({"optim.lr": "gaussian(0, 1)"}, "optim.lr: 'gaussian(0, 1)' is not a distribution"),
+    ({"optim.lr": 0.01}, "optim.lr: 0.01 is not a distribution"),
+    ({"optim.lr": "loguniform(0, 1)"}, "needs low > 0"),
+    ({"optim.lr": "uniform(0.5, 0.1)"}, "needs finite low < high"),
+    ({"optim.lr": "uniform(0.1)"}, "takes two numbers"),
+    ({"optim.batch_size": "uniform(32, 256)"}, "optim.batch_size takes int values; uniform draws real numbers"),
+    ({"optim.lr": "choice()"}, "choice() needs at least one value"),
+    ({"data.path": "choice(a, b)"}, "data.path cannot be searched"),
+    ({"optim.epochs": "randint(2, 9)"}, "optim.epochs cannot be searched"),
+    ([], "expected a mapping of config keys"),
+])
+def test_a_bad_space_is_refused_naming_the_key(raw, named):
+    with pytest.raises(UserError, match="^t: ") as err:
+        parse_space(raw, "t")
+    assert named in str(err.value)
+
+
+def test_every_value_a_space_can_draw_is_checked_as_set_checks_it():
+    base = load_config("smoke")
+    check_space(parse_space({"optim.optimizer": "choice(sgd, adamw)", "model.dropout": "uniform(0, 0.9)"}, "t"), base, "t")
+    with pytest.raises(UserError, match=r"optim.optimizer: choice\('sgd', 'rmsprop'\) can draw 'rmsprop'.*supported values"):
+        check_space(parse_space({"optim.optimizer": "choice(sgd, rmsprop)"}, "t"), base, "t")
+    with pytest.raises(UserError, match=r"model.dropout: uniform\(0.2, 1\) can draw 1.*expected 0 <= p < 1"):
+        check_space(parse_space({"model.dropout": "uniform(0.2, 1)"}, "t"), base, "t")
+    assert apply(base, {"optim.lr": 0.003, "optim.batch_size": 64}).optim.batch_size == 64
+
+
+def test_the_same_seed_draws_the_same_trials_and_another_seed_others():
+    from ray.tune.experiment import Experiment
+
+    space = to_tune(parse_space({"optim.lr": "loguniform(1e-5, 1e-1)", "optim.batch_size": "choice(16, 32, 64)"}, "t"))
+
+    def draws(seed: int) -> list[dict]:
+        search = searcher(SweepOptions(trials=5, seed=seed), concurrent=5)
+        search.add_configurations([Experiment("s", lambda config: None, config=space, num_samples=5)])
+        return [search.next_trial().config for _ in range(5)]
+
+    assert draws(7) == draws(7)
+    assert draws(7) != draws(8)
+
+
+def test_the_cli_refuses_a_bad_space_in_one_line_exit_2(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: loguniform(1e-4, 1e-2)\nmodel.dropuot: uniform(0.1, 0.5)\n")
+    out = cli_here("tune", "--recipe", "smoke", "--space", str(space), "--data", str(tmp_path), "--workdir", str(tmp_path / "w"))
+    assert out.returncode == 2
+    assert f"--space {space}: unknown config key 'model.dropuot'" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()  # nothing written for a refused sweep
+    assert "no such file" in cli_here("tune", "--recipe", "smoke", "--space", str(tmp_path / "none.yaml")).stderr
+    resumed = cli_here("tune", "--resume", str(tmp_path), "--recipe", "smoke")
+    assert resumed.returncode == 2 and "--recipe cannot change it" in resumed.stderr
+    assert "not a sweep folder" in cli_here("tune", "--resume", str(tmp_path)).stderr
+
+
+def test_a_space_file_that_is_not_yaml_names_the_file(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: [unclosed\n")
+    with pytest.raises(UserError, match=f"--space {space}: not valid YAML"):
+        load_space(space)
+
+
+def test_a_batch_size_the_dataset_cannot_fill_is_refused_before_ray(shapes_dataset, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.batch_size: choice(16, 4096)\n")
+    out = cli_here("tune", "--recipe", "smoke", "--space", str(space), "--data", str(shapes_dataset),
+                   "--workdir", str(tmp_path / "w"))
+    assert out.returncode == 2
+    assert "optim.batch_size: choice(16, 4096) can draw 4096, which the run refuses: optim.batch_size=4096 is larger" in out.stderr
