@@ -143,17 +143,19 @@ def run_sweep(base: Config, space: Space, options: SweepOptions, *, name: str, t
                              json.dumps(asked(base, space, options, name=name, experiment=experiment), indent=1))
             print(f"sweep {name}: {options.trials} trials of {base.optim.epochs} epochs, {concurrent} at a time, "
                   f"scheduler {options.scheduler}; state in {folder}", flush=True)
-            summaries = _run_tune(plan, space, options, concurrent, folder, resume=resume)
+            summaries = run_trials(plan, space, options, concurrent, folder, resume=resume)
             return _finish(plan, info, summaries, model_dir=Path(model_dir))
 
 
-def _run_tune(plan: SweepPlan, space: Space, options: SweepOptions, concurrent: int, folder: str, *,
-              resume: bool) -> list[TrialSummary]:
+def run_trials(plan: SweepPlan, space: Space, options: SweepOptions, concurrent: int, folder: str, *,
+               resume: bool) -> list[TrialSummary]:
+    """Ray Tune's loop over the trials (started, or restored from `folder`) -> each trial's summary."""
     # The trial actor only drives Ray Train (its controller and workers ask their own resources);
     # Tune refuses an empty request, so it asks a token CPU share, not the default whole CPU.
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": TRIAL_DRIVER_CPU})
     if resume and tune.Tuner.can_restore(folder):
-        tuner = tune.Tuner.restore(folder, trainable, resume_unfinished=True, resume_errored=False)
+        # An errored trial (a lost node, say) continues from its own checkpoint, like an unfinished one.
+        tuner = tune.Tuner.restore(folder, trainable, resume_unfinished=True, resume_errored=True)
     else:
         scheduler = (ASHAScheduler(time_attr=TIME_ATTR, max_t=plan.base.optim.epochs, grace_period=GRACE_EPOCHS,
                                    reduction_factor=REDUCTION_FACTOR) if options.scheduler == "asha" else FIFOScheduler())
@@ -161,6 +163,10 @@ def _run_tune(plan: SweepPlan, space: Space, options: SweepOptions, concurrent: 
             trainable, param_space=to_tune(space),
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=options.trials, scheduler=scheduler,
                                         search_alg=searcher(options, concurrent),
+                                        # Not reused: Tune would keep an ASHA-stopped trial's actor,
+                                        # still training (Ray Train does not see Tune's stop), for
+                                        # the next trial, whose workers then wait for its CPUs.
+                                        reuse_actors=False,
                                         trial_name_creator=_trial_id, trial_dirname_creator=_trial_id),
             run_config=tune.RunConfig(name=plan.name, storage_path=plan.storage, verbose=0, callbacks=[SweepView(plan, total=options.trials)],
                                       failure_config=tune.FailureConfig(max_failures=plan.base.run.max_failures)),

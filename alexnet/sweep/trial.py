@@ -57,7 +57,11 @@ class TrialReport(TuneReportCallback):
 
 def run_trial(params: dict, plan: SweepPlan) -> None:
     """Ray Tune's trainable: `params` is the trial's draw from the space ({"optim.lr": 0.003, ...})."""
-    trial_id = ray.tune.get_context().get_trial_id()
+    train_trial(plan, params, ray.tune.get_context().get_trial_id(), callbacks=(TrialReport(),))
+
+
+def train_trial(plan: SweepPlan, params: dict, trial_id: str, callbacks: tuple = ()) -> None:
+    """One trial's training run and its child MLflow run; `callbacks` report its epochs (to Tune)."""
     cfg = apply(plan.base, params)
     info = check_inputs(cfg)
     run_name = trial_run_name(plan.name, trial_id)
@@ -70,8 +74,7 @@ def run_trial(params: dict, plan: SweepPlan) -> None:
     try:
         record_origin(plan.tracking_uri, run_id, cfg, info)
         fit(cfg, info, train_preset(info, **cfg.data.augmentation), run_name=run_name, storage=plan.storage,
-            tracking_uri=plan.tracking_uri, run_id=run_id, resume=resume, share=plan.share,
-            callbacks=(TrialReport(),))
+            tracking_uri=plan.tracking_uri, run_id=run_id, resume=resume, share=plan.share, callbacks=callbacks)
     except Exception as err:
         try:
             set_tags(plan.tracking_uri, run_id, {"sweep.error": first_line(err)[:500]})

@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key for every trial, e.g. --set optim.epochs=12 (repeatable)")
     p.add_argument("--trials", type=int, default=8, help="trials drawn from the space (default: 8)")
-    p.add_argument("--scheduler", default="asha", help="asha (stop weak trials after each rung of epochs; default) or none")
+    p.add_argument("--scheduler", default="asha", choices=("asha", "none"),
+                   help="asha: stop weak trials after each rung of epochs (default); none: run every trial to the end")
     p.add_argument("--max-concurrent", type=int, default=0,
                    help="trials at once (default: as many as the cluster's GPUs hold, or one per 4 CPUs)")
     p.add_argument("--seed", type=int, default=0, help="the search's seed: the same seed draws the same trials")

@@ -27,8 +27,10 @@ One typed config (`alexnet/config.py`) with four sections. A recipe (`--recipe N
 sets some keys, `--set section.key=value` overrides any; an unknown key or an invalid choice is an
 error that names the valid ones. The resolved config is printed at the start of a run, logged as
 MLflow params (`data.crop`, ...) and stored in every checkpoint. The recipe columns show what each
-shipped recipe (`alexnet/recipes/`) sets; an empty cell keeps the default. Generated from the code
-by `python -m tests.support.config_reference`.
+shipped recipe (`alexnet/recipes/`) sets; an empty cell keeps the default. A sweep's space
+(`alexnet tune --space`, [tune](tune.md)) draws values for any of these keys but `data.path` and
+`optim.epochs`, each drawn value checked as `--set` checks it. Generated from the code by
+`python -m tests.support.config_reference`.
 """
 
 

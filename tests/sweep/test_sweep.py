@@ -51,12 +51,19 @@ def _ended_trials(folder: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def sweep(ray_local, tmp_path_factory):
+def hues(ray_local, tmp_path_factory) -> Path:
+    """The dataset and the space: 1,082 training images of 3 classes."""
     root = tmp_path_factory.mktemp("sweep")
     src = write_demo_images(root / "src", per_class=400, seed=5, classes=("circle", "hstripes", "vstripes"),
                             sizes=(72, 96), class_hues=True)
     assert main(["ingest", str(src), str(root / "ds"), "--resize", "72", "--val-fraction", "0.1"]) == 0
     (root / "space.yaml").write_text("optim.lr: choice(0.005, 0.0000001)\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_local, hues):
+    root = hues
     work, folder = root / "work", root / "work" / "runs" / "sw"
     cmd = [sys.executable, "-m", "jobs.cli", "tune", "--data", str(root / "ds"), "--recipe", "demo", "--space",
            str(root / "space.yaml"), "--trials", "4", "--max-concurrent", "1", "--seed", "1", "--workdir", str(work),
@@ -145,3 +152,31 @@ def test_the_best_trial_takes_the_registry_by_the_champion_rule(sweep):
     assert version.run_id == parent.data.tags["sweep.best_run_id"]
     assert parent.data.tags["sweep.registered"] == f"models:/alexnet/{version.version}"
     assert "model: models:/alexnet/1: champion" in sweep["resumed"].stdout
+
+
+@pytest.mark.fault("Ctrl-C (SIGINT) of `alexnet tune` during a trial's training", inputs=1,
+                   outcome="exit 130, one line naming `--resume FOLDER`, the sweep's run and the trial's KILLED")
+def test_ctrl_c_ends_the_sweep_and_its_trial_runs_killed_and_says_how_to_resume(ray_local, hues, tmp_path):
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "jobs.cli", "tune", "--data", str(hues / "ds"), "--recipe", "demo", "--space",
+           str(hues / "space.yaml"), "--trials", "2", "--max-concurrent", "1", "--workdir", str(work), "--name", "cc",
+           "--set", "optim.epochs=20", "--set", "model.hidden=128"]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        # The first epoch's checkpoint: the trial's child run is open and training.
+        wait_for(lambda: list((work / "runs").glob("cc-*/checkpoint_*")) or driver.poll() is not None, 300,
+                 "the first trial's first checkpoint")
+        assert driver.poll() is None, driver.communicate()
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, err[-3000:]
+    assert f"continue it with `alexnet tune --resume {work / 'runs' / 'cc'}`" in out
+    client = _client(work)
+    runs = client.search_runs([client.get_experiment_by_name("alexnet").experiment_id])
+    names = sorted(r.info.run_name for r in runs)  # the sweep's run and its first trial's
+    assert len(names) == 2 and names[0] == "cc" and names[1].startswith("cc-"), names
+    assert all(r.info.status == "KILLED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
