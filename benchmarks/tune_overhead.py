@@ -62,9 +62,9 @@ def main() -> None:
         cluster = ray.cluster_resources()
         for rep in range(args.reps):
             name = f"sweep{rep}"
-            parent, _ = open_run(work.tracking_uri, experiment="bench", run_name=name)
+            parent, _ = open_run(work.tracking_uri, experiment="bench", run_name=name, artifact_location=work.artifacts)
             plan = SweepPlan(name=name, base=base, storage=str(work.runs), tracking_uri=work.tracking_uri,
-                             experiment="bench", artifact_location=None, parent_run_id=parent,
+                             experiment="bench", artifact_location=work.artifacts, parent_run_id=parent,
                              share=trial_share(cluster, args.concurrent))
             options = SweepOptions(trials=args.trials, scheduler="none", max_concurrent=args.concurrent, seed=rep)
 
@@ -85,7 +85,7 @@ def main() -> None:
                 sweep_s, draws = sweep()
                 alone_s = alone(draws)
             else:  # the same draws as the sweep will make: the seed fixes them
-                search = searcher(options, args.concurrent)
+                search = searcher(options, args.trials)  # the draws do not depend on how many run at once
                 search.add_configurations([Experiment("d", lambda c: None, config=to_tune(space), num_samples=args.trials)])
                 draws = [search.next_trial().config for _ in range(args.trials)]
                 alone_s = alone(draws)

@@ -30,14 +30,14 @@ from alexnet.run import after_training, alive_nodes, check_register_as, check_tr
 from alexnet.sweep.space import Space, apply, check_space, describe, parse_space, to_tune
 from alexnet.sweep.trial import METRIC, TIME_ATTR, SweepPlan, child_run_id, run_trial, trial_run_name
 from alexnet.sweep.view import (COMPLETED, EARLY_STOPPED, FAILED, SweepView, TrialSummary, end_child_run,
-                                end_running_children, summarize)
+                                end_running_children, error_line, summarize)
 from alexnet.track.tracking import client_for, log_params, set_tags, tracked_run
 from alexnet.train import checkpoint
 from alexnet.train.fit import Outcome, check_batches, check_inputs, plan_placement
 from pipelines import storage as store
 from pipelines.atomic import write_atomic
 from pipelines.dataset import DatasetInfo
-from pipelines.errors import UserError, first_line
+from pipelines.errors import UserError
 from pipelines.read.loader import train_preset
 from pipelines.shared_folder import check_shared, check_storage
 
@@ -181,7 +181,7 @@ def run_trials(plan: SweepPlan, space: Space, options: SweepOptions, concurrent:
         end_running_children(plan, "KILLED")
         raise
     return [summarize(Path(r.path).name, r.config, _best(r), int((r.metrics or {}).get(TIME_ATTR) or 0),
-                      epochs=plan.base.optim.epochs, error=_error_line(r.error))
+                      epochs=plan.base.optim.epochs, error=error_line(r.error))
             for r in sorted(grid, key=lambda r: Path(r.path).name)]
 
 
@@ -199,12 +199,6 @@ def _best(result) -> float | None:
     if frame is None or METRIC not in frame or frame[METRIC].dropna().empty:
         return None
     return float(frame[METRIC].max())
-
-
-def _error_line(error) -> str:
-    if error is None:
-        return ""
-    return first_line(getattr(error, "cause", None) or error)
 
 
 def asked(base: Config, space: Space, options: SweepOptions, *, name: str, experiment: str) -> dict:

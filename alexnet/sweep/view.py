@@ -52,6 +52,13 @@ def of_trial(trial, *, epochs: int, error: str = "") -> TrialSummary:
                      epochs=epochs, error=error)
 
 
+def error_line(error) -> str:
+    """What a failed trial raised, in one line, out of Ray's wrapper (a RayTaskError keeps it as `cause`)."""
+    if error is None:
+        return ""
+    return first_line(getattr(error, "cause", None) or error)
+
+
 def trial_line(s: TrialSummary, *, index: int, total: int, epochs: int) -> str:
     """'trial 3/16 5f2a1_00002  optim.lr=0.0031 model.dropout=0.42  top-1 0.4120  6/12 epochs, early-stopped'."""
     params = " ".join(f"{k}={_short(v)}" for k, v in s.params.items())
@@ -87,7 +94,7 @@ class SweepView(tune.Callback):
         self._ended(trial, "")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._ended(trial, first_line(trial.get_error()) if trial.get_error() else "the trial failed")
+        self._ended(trial, error_line(trial.get_pickled_error() or trial.get_error()) or "the trial failed")
 
     def on_experiment_end(self, trials, **info) -> None:
         if self.bar is not None:

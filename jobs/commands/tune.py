@@ -95,7 +95,8 @@ def run(args) -> int:
         space_source=source, ray_session=lambda: run_session(work))
     best = result.best
     print(f"best trial: {best.trial_id}  val top-1 {best.best_top1:.4f}  "
-          + " ".join(f"{k}={v}" for k, v in best.params.items()) + f"  (MLflow run {result.best_run_id})")
+          + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+          + f"  (MLflow run {result.best_run_id})")
     if result.registered:
         print(f"model: {result.registered}: {result.alias} ({result.decision})")
     print(f"MLflow sweep run id: {result.run_id}  run name: {result.name}")

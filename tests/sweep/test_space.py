@@ -95,3 +95,18 @@ def test_a_batch_size_the_dataset_cannot_fill_is_refused_before_ray(shapes_datas
                    "--workdir", str(tmp_path / "w"))
     assert out.returncode == 2
     assert "optim.batch_size: choice(16, 4096) can draw 4096, which the run refuses: optim.batch_size=4096 is larger" in out.stderr
+
+
+def test_a_trial_is_completed_early_stopped_failed_or_not_run_by_its_epochs_and_error():
+    from alexnet.sweep.view import error_line, summarize, trial_line
+
+    done = summarize("a_00000", {"optim.lr": 0.0031234}, 0.41, 6, epochs=6)
+    stopped = summarize("a_00001", {"optim.lr": 1e-7}, 0.2, 2, epochs=6)
+    failed = summarize("a_00002", {"optim.lr": 1e38}, None, 0, epochs=6,
+                       error=error_line(RuntimeError("training diverged: loss nan at epoch 1\ntraceback...")))
+    never = summarize("a_00003", {"optim.lr": 0.01}, None, 0, epochs=6)
+    assert [s.reason for s in (done, stopped, failed, never)] == ["completed", "early-stopped", "failed", "not run"]
+    assert trial_line(done, index=1, total=4, epochs=6) == (
+        "trial 1/4 a_00000  optim.lr=0.003123  top-1 0.4100  6/6 epochs, completed")
+    assert trial_line(failed, index=3, total=4, epochs=6).endswith(
+        "no epoch finished  0/6 epochs, failed: training diverged: loss nan at epoch 1")
