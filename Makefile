@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/alexnet demo
 
-# pytest exits 5 when it collected no tests: that is a failure here, not a pass.
+# pytest exits 5 when it collected no tests: that is a failure here, not a pass. --durations lists
+# the slowest tests, where the suite's time goes.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
+	$(VENV)/bin/python -m pytest -ra --durations=30 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 # Skips the slow end-to-end tests (CI runs everything with `make test`).
