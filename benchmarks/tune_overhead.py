@@ -9,6 +9,9 @@ Ratio = sweep wall time / the trials' summed wall time alone; Tune's own cost = 
 under 10%). With --concurrent 2 the sweep runs two trials at a time on the same CPUs.
 
     .venv/bin/python benchmarks/tune_overhead.py [--trials 4] [--epochs 3] [--reps 3] [--concurrent 1]
+
+The defaults make trials of ~25 s, mostly Ray Train's start-up; `--epochs 5 --images-per-class 1700`
+gives epochs of ~10 s on 2 cores, the steady state the goal is about (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
