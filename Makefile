@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -ra --durations=30 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-# Skips the slow end-to-end tests (CI runs everything with `make test`).
+# Skips the slow tests (pyproject.toml's markers; CI runs everything with `make test`).
 test-fast: $(STAMP)
 	$(MAKE) test PYTEST_ARGS="-m 'not slow'"
 

@@ -40,6 +40,12 @@ for _name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
     os.environ.pop(_name, None)
 os.environ["RAY_AUTH_MODE"] = "token"
 
+# Ray Train's controller polls its workers every 2 s by default, so each run a test starts with a
+# TorchTrainer of its own waits up to 2 s per report and at its end; alexnet.train.fit polls every
+# 0.25 s (CONTROLLER_POLL_S), and the tests' own trainers do the same. Ray Train passes the
+# variable on to its controller and workers.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def ray_auth_token(tmp_path_factory) -> Path:

@@ -37,7 +37,7 @@ from alexnet.train.fit import Outcome, check_batches, check_inputs, plan_placeme
 from pipelines import storage as store
 from pipelines.atomic import write_atomic
 from pipelines.dataset import DatasetInfo
-from pipelines.errors import UserError, first_line
+from pipelines.errors import UserError
 from pipelines.read.loader import train_preset
 from pipelines.shared_folder import check_shared, check_storage
 
@@ -178,10 +178,10 @@ def run_trials(plan: SweepPlan, space: Space, options: SweepOptions, concurrent:
             raise KeyboardInterrupt
     except KeyboardInterrupt:
         print(f"sweep {plan.name} interrupted; continue it with `alexnet tune --resume {folder}`", flush=True)
-        _end_children(plan, "KILLED")
+        end_running_children(plan, "KILLED")
         raise
     except Exception:  # Tune itself failed (its storage, a restore): no trial run may stay RUNNING
-        _end_children(plan, "FAILED")
+        end_running_children(plan, "FAILED")
         raise
     return [summarize(Path(r.path).name, r.config, _best(r), int((r.metrics or {}).get(TIME_ATTR) or 0),
                       epochs=plan.base.optim.epochs, error=error_line(r.error))
@@ -195,14 +195,6 @@ def searcher(options: SweepOptions, concurrent: int) -> BasicVariantGenerator:
 
 def _trial_id(trial) -> str:
     return trial.trial_id
-
-
-def _end_children(plan: SweepPlan, status: str) -> None:
-    """End the trial runs left RUNNING, if the store answers: its outage must not hide why the sweep ended."""
-    try:
-        end_running_children(plan, status)
-    except Exception as exc:  # noqa: BLE001 - the sweep's own error or interrupt is what propagates
-        print(f"the trial runs left RUNNING could not be ended ({first_line(exc)}); a --resume ends them", flush=True)
 
 
 def _best(result) -> float | None:

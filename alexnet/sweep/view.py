@@ -61,14 +61,15 @@ def error_line(error) -> str:
 
 def trial_line(s: TrialSummary, *, index: int, total: int, epochs: int) -> str:
     """'trial 3/16 5f2a1_00002  optim.lr=0.0031 model.dropout=0.42  top-1 0.4120  6/12 epochs, early-stopped'."""
-    params = " ".join(f"{k}={_short(v)}" for k, v in s.params.items())
+    params = params_text(s.params)
     score = f"top-1 {s.best_top1:.4f}" if s.best_top1 is not None else "no epoch finished"
     tail = f"{s.reason}: {s.error}" if s.error else s.reason
     return f"trial {index}/{total} {s.trial_id}  {params}  {score}  {s.epochs}/{epochs} epochs, {tail}"
 
 
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def params_text(params: dict) -> str:
+    """A trial's draw as the user reads it: 'optim.lr=0.003123 model.dropout=0.42'."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 class SweepView(tune.Callback):
@@ -126,9 +127,15 @@ def end_child_run(plan: SweepPlan, trial_id: str, summary: TrialSummary) -> None
 
 
 def end_running_children(plan: SweepPlan, status: str) -> None:
-    """Every trial run of the sweep still RUNNING gets `status` (an interrupted sweep's: KILLED)."""
-    client = client_for(plan.tracking_uri)
-    runs = client.search_runs([client.get_run(plan.parent_run_id).info.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{plan.parent_run_id}' and attributes.status = 'RUNNING'")
-    for run in runs:
-        finish_run(plan.tracking_uri, run.info.run_id, status, retry=False)
+    """Every trial run of the sweep still RUNNING gets `status` (an interrupted sweep's: KILLED;
+    Tune's own failure: FAILED), if the store answers: an outage must not hide why the sweep
+    ended, so a store error is one line and the sweep's own error is what propagates."""
+    try:
+        client = client_for(plan.tracking_uri)
+        runs = client.search_runs([client.get_run(plan.parent_run_id).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{plan.parent_run_id}' "
+                                                f"and attributes.status = 'RUNNING'")
+        for run in runs:
+            finish_run(plan.tracking_uri, run.info.run_id, status, retry=False)
+    except Exception as exc:  # noqa: BLE001 - the sweep's own error or interrupt is what propagates
+        print(f"the trial runs left RUNNING could not be ended ({first_line(exc)}); a --resume ends them", flush=True)

@@ -56,6 +56,7 @@ def run(args) -> int:
     from alexnet.config import load_config
     from alexnet.run import new_run_name
     from alexnet.sweep.run import SweepOptions, read_asked, run_sweep
+    from alexnet.sweep.view import params_text
     from alexnet.sweep.space import load_space
     from jobs.output import ui_hint, verbose
     from jobs.runtime import Workdir, run_session
@@ -95,8 +96,7 @@ def run(args) -> int:
         space_source=source, ray_session=lambda: run_session(work))
     best = result.best
     print(f"best trial: {best.trial_id}  val top-1 {best.best_top1:.4f}  "
-          + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
-          + f"  (MLflow run {result.best_run_id})")
+          + params_text(best.params) + f"  (MLflow run {result.best_run_id})")
     if result.registered:
         print(f"model: {result.registered}: {result.alias} ({result.decision})")
     print(f"MLflow sweep run id: {result.run_id}  run name: {result.name}")

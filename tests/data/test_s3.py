@@ -173,6 +173,7 @@ def _model(info, crop=64, resize=72):
     return Classifier(build_model("torchvision", info.num_classes, hidden=32), spec).eval()
 
 
+@pytest.mark.slow
 def test_ray_data_train_check_evaluate_and_predict_read_an_s3_dataset(ray_local, s3_bucket, tmp_path):
     from alexnet.config import load_config
     from alexnet.serve.predict import evaluate, predict_dataset, read_images

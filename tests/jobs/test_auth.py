@@ -41,6 +41,7 @@ def test_the_token_is_found_where_ray_looks_without_ray_auth_mode(ray_head, ray_
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_submit_wait_streams_and_reports_a_job_with_the_token_from_a_file(ray_head, ray_auth_token, tmp_path):
     """Submit, the log stream (a websocket) and the status polls all carry the token."""
     home = tmp_path / "home"

@@ -298,6 +298,7 @@ def test_schedule_run_survives_a_dropped_connection_and_records_it(ray_head, tmp
     assert [(r.submission_id, r.status) for r in st.jobs] == [(rec.submission_id, "PENDING")]
 
 
+@pytest.mark.slow
 @pytest.mark.fault("a head that accepts connections and never answers; a tick while another holds "
                    "the state lock", inputs=2,
                    outcome="the tick gives up after its 3 s timeout and records why, slot untouched; the "

@@ -234,6 +234,7 @@ def agentless_head():
         holder.close()
 
 
+@pytest.mark.slow
 @pytest.mark.fault("a head whose job agent cannot bind its port (another process holds it): `submit`, and a "
                    "schedule tick", inputs=2,
                    outcome="`submit` exits 2 after --agent-wait, one line naming the agent's log on the head, which "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -44,7 +45,8 @@ class MlflowServer:
             [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts"],
-            stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # as `alexnet ui` (jobs/commands/ui.py)
         try:
             wait_http(self.uri + "/health", proc=self.proc)
         except BaseException:
@@ -53,7 +55,6 @@ class MlflowServer:
         return self
 
     def stop(self) -> None:
-        import os
         import signal
 
         if self.proc is not None and self.proc.poll() is None:

@@ -115,12 +115,12 @@ def test_a_trial_is_completed_early_stopped_failed_or_not_run_by_its_epochs_and_
 def test_a_store_that_errors_while_the_sweep_ends_is_one_line_not_a_second_exception(tmp_path, capsys):
     """A sweep that ends by an interrupt or Tune's own failure ends its trial runs if the store answers;
     if the store errors instead, the sweep's own error must still be the one that propagates."""
-    from alexnet.sweep.run import _end_children
+    from alexnet.sweep.view import end_running_children
     from alexnet.sweep.trial import SweepPlan
 
     plan = SweepPlan(name="s", base=load_config("smoke", []), storage=str(tmp_path / "runs"),
                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="alexnet", artifact_location=None,
                      parent_run_id="0" * 32, share={"CPU": 1})
-    _end_children(plan, "FAILED")  # the parent run does not exist: the store answers with an error
+    end_running_children(plan, "FAILED")  # the parent run does not exist: the store answers with an error
     out = capsys.readouterr().out
     assert out.startswith("the trial runs left RUNNING could not be ended (") and out.count("\n") == 1, out

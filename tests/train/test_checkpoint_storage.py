@@ -66,6 +66,7 @@ def test_checkpoints_on_s3_are_found_read_and_loaded_where_they_are(s3_bucket, t
     assert checkpoint.uri_of(str(tmp_path), str(tmp_path / "c1")) == str(tmp_path / "c1")
 
 
+@pytest.mark.slow
 @pytest.mark.fault("S3 failing while a rerun looks for its checkpoints: for a moment, then for good", inputs=2,
                    outcome="a short outage is read through; a lasting one is one UserError naming the store, "
                            "never 'no checkpoint' (which would restart at epoch 0)")

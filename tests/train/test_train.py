@@ -53,50 +53,49 @@ def _checkpoints(run_dir: Path) -> list[Path]:
                    "architecture", inputs=3,
                    outcome="TrainingError naming epoch and step, the last good checkpoint intact and finite;"
                            " the other shapes refused before Ray")
-def test_two_workers_checkpoint_every_epoch_then_the_same_run_name_resumes_and_nan_stops_it(shapes_dataset, tmp_path):
+@pytest.mark.fault("an epoch logged by an attempt that died before its checkpoint counted, and a checkpointed "
+                   "epoch whose metrics never reached MLflow", inputs=2,
+                   outcome="the resumed run has exactly one point per epoch: the earlier attempt's kept, the "
+                           "missing one logged from its checkpoint")
+def test_two_workers_checkpoint_then_a_resume_logs_each_epoch_once_and_nan_stops_it(shapes_dataset, tmp_path):
+    """One run's story in three fits (each a whole Ray Train run, ~15 s of start-up here): two
+    workers checkpoint epoch 0; one worker resumes it into an MLflow run that never got epoch 0
+    (held through an outage when the driver died) and where an earlier attempt logged epoch 1 and
+    died before its checkpoint; then a diverging resume."""
+    from mlflow.tracking import MlflowClient
+
     first = _fit(shapes_dataset, tmp_path, "r", "run.num_workers=2", "optim.epochs=1")
     assert first.epochs == 1 and first.resumed_from_epoch is None
     state = checkpoint.load(first.latest_checkpoint)
     assert {"model", "optimizer", "plateau", "epoch", "config", "dataset_version"} <= set(state)
     assert state["config"]["run"]["num_workers"] == 2 and state["epoch"] == 0
+    epoch0 = checkpoint.read_meta(first.latest_checkpoint)["metrics"]["val_top1"]
 
-    again = _fit(shapes_dataset, tmp_path, "r", "run.num_workers=1", "optim.epochs=2")
-    assert again.resumed_from_epoch == 0 and again.epochs == 2  # continued at epoch 1, not 0
+    uri, run_id = _mlflow_run(tmp_path)
+    client = MlflowClient(uri)
+    client.log_metric(run_id, "val/top1", 0.125, step=1)
+    again = _fit(shapes_dataset, tmp_path, "r", "run.num_workers=1", "optim.epochs=3", mlflow=(uri, run_id))
+    assert again.resumed_from_epoch == 0 and again.epochs == 3  # continued at epoch 1, not 0
     kept = _checkpoints(tmp_path / "runs" / "r")
     assert 1 <= len(kept) <= 2  # best 1 by val top-1, plus the latest
-    assert checkpoint.read_meta(again.latest_checkpoint)["epoch"] == 1
+    assert checkpoint.read_meta(again.latest_checkpoint)["epoch"] == 2
+    # One point per epoch: epoch 0 from its checkpoint, the earlier attempt's epoch 1 kept, epoch 2 logged.
+    points = {m.step: m.value for m in client.get_metric_history(run_id, "val/top1")}
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val/top1")) == [0, 1, 2]
+    assert points[0] == epoch0 and points[1] == 0.125
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [0, 2]
 
-    with pytest.raises(TrainingError, match=r"diverged: .*NaN or inf at epoch 2, step \d+"):
-        _fit(shapes_dataset, tmp_path, "r", "optim.epochs=3", "optim.lr=1e38")
-    assert checkpoint.find_latest(str(tmp_path / "runs"), "r")[1] == 1  # the last good one, intact
+    with pytest.raises(TrainingError, match=r"diverged: .*NaN or inf at epoch 3, step \d+"):
+        _fit(shapes_dataset, tmp_path, "r", "optim.epochs=4", "optim.lr=1e38")
+    assert checkpoint.find_latest(str(tmp_path / "runs"), "r")[1] == 2  # the last good one, intact
     good = checkpoint.load(again.latest_checkpoint)
     assert all(t.isfinite().all() for t in good["model"].values())
 
     # Another optimiser cannot take over this run's optimiser state: refused before Ray is asked.
     with pytest.raises(UserError, match=r"optim.optimizer: checkpoint adamw, this run sgd.*another --run-name"):
-        _fit(shapes_dataset, tmp_path, "r", "optim.epochs=3", "optim.optimizer=sgd")
+        _fit(shapes_dataset, tmp_path, "r", "optim.epochs=4", "optim.optimizer=sgd")
     with pytest.raises(UserError, match=r"model.arch: checkpoint torchvision, this run bn"):
         _fit(shapes_dataset, tmp_path, "fresh", "model.arch=bn", resume_from=again.latest_checkpoint)
-
-
-@pytest.mark.fault("an epoch logged by an attempt that died before its checkpoint counted, and a checkpointed "
-                   "epoch whose metrics never reached MLflow", inputs=2,
-                   outcome="the resumed run has exactly one point per epoch: the earlier attempt's kept, the "
-                           "missing one logged from its checkpoint")
-def test_each_epoch_is_one_metric_point_whatever_an_earlier_attempt_logged(shapes_dataset, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    first = _fit(shapes_dataset, tmp_path, "once", "optim.epochs=1")  # epoch 0 checkpointed
-    epoch0 = checkpoint.read_meta(first.latest_checkpoint)["metrics"]["val_top1"]
-    uri, run_id = _mlflow_run(tmp_path)  # a run where epoch 0 never arrived (held through an outage) ...
-    client = MlflowClient(uri)
-    client.log_metric(run_id, "val/top1", 0.125, step=1)  # ... and an attempt logged epoch 1, then died
-    _fit(shapes_dataset, tmp_path, "once", "optim.epochs=3", mlflow=(uri, run_id))
-    points = {m.step: m.value for m in client.get_metric_history(run_id, "val/top1")}
-    assert sorted(m.step for m in client.get_metric_history(run_id, "val/top1")) == [0, 1, 2]
-    assert points[0] == epoch0
-    assert points[1] == 0.125
-    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [0, 2]
 
 
 def _train_worker_pids() -> list[int]:

@@ -159,6 +159,7 @@ def test_a_model_name_mlflow_would_refuse_after_training_is_refused_before(ray_l
     assert not (tmp_path / "w" / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.fault("`promote` and `predict` against a tracking server that does not answer", inputs=2,
                    outcome="exit 2, one line each saying the store did not answer")
 def test_registry_commands_with_a_store_that_does_not_answer_are_one_line(tmp_path):
