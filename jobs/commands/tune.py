@@ -23,6 +23,19 @@ from pipelines.errors import UserError
 from pipelines.storage import absolute
 
 
+# What a new sweep gets for each option the user leaves out.
+DEFAULTS = {"trials": 8, "scheduler": "asha", "max_concurrent": 0, "seed": 0, "experiment": "alexnet"}
+
+
+def asked_options(args) -> list[tuple[str, object]]:
+    """The options that shape a sweep, as given: --resume refuses each one set (its sweep keeps
+    what it was first asked; a changed copy is a new sweep, with --name)."""
+    return [("--recipe", args.recipe), ("--space", args.space), ("--data", args.data), ("--set", args.overrides),
+            ("--name", args.name), ("--trials", args.trials), ("--scheduler", args.scheduler),
+            ("--max-concurrent", args.max_concurrent), ("--seed", args.seed), ("--storage", args.storage),
+            ("--experiment", args.experiment)]
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("tune", help="search hyperparameters with Ray Tune (each trial a training run, in MLflow)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,12 +44,14 @@ def add_parser(sub) -> None:
     p.add_argument("--space", help="required (unless --resume): YAML file of config keys and distributions")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key for every trial, e.g. --set optim.epochs=12 (repeatable)")
-    p.add_argument("--trials", type=int, default=8, help="trials drawn from the space (default: 8)")
-    p.add_argument("--scheduler", default="asha", choices=("asha", "none"),
+    # The options that shape a sweep default to None here, so that --resume, which continues a
+    # sweep as it was asked, can tell one the user gave (refused) from one left out.
+    p.add_argument("--trials", type=int, help=f"trials drawn from the space (default: {DEFAULTS['trials']})")
+    p.add_argument("--scheduler", choices=("asha", "none"),
                    help="asha: stop weak trials after each rung of epochs (default); none: run every trial to the end")
-    p.add_argument("--max-concurrent", type=int, default=0,
+    p.add_argument("--max-concurrent", type=int,
                    help="trials at once (default: as many as the cluster's GPUs hold, or one per 4 CPUs)")
-    p.add_argument("--seed", type=int, default=0, help="the search's seed: the same seed draws the same trials")
+    p.add_argument("--seed", type=int, help="the search's seed: the same seed draws the same trials (default: 0)")
     p.add_argument("--name", help="the sweep's name: its MLflow run and its folder under the storage")
     p.add_argument("--resume", metavar="FOLDER", help="continue the sweep in FOLDER (printed at its start); "
                                                     "finished trials are not run again")
@@ -45,7 +60,7 @@ def add_parser(sub) -> None:
                                      "on a cluster of several nodes a URI or a shared folder")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in WORKDIR)")
-    p.add_argument("--experiment", default="alexnet", help="MLflow experiment name")
+    p.add_argument("--experiment", help=f"MLflow experiment name (default: {DEFAULTS['experiment']})")
     p.add_argument("--trigger", default="manual", choices=("manual", "schedule", "new-data"),
                    help="why this sweep happened (an MLflow tag)")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow run tag (repeatable)")
@@ -72,8 +87,7 @@ def run(args) -> int:
     if os.environ.get("RAY_JOB_SUBMISSION_ID"):
         tags["ray.job_submission_id"] = os.environ["RAY_JOB_SUBMISSION_ID"]
     if args.resume:
-        given = [o for o, v in (("--recipe", args.recipe), ("--space", args.space), ("--data", args.data),
-                                ("--set", args.overrides), ("--name", args.name)) if v]
+        given = [option for option, value in asked_options(args) if value not in (None, [])]
         if given:
             raise UserError(f"--resume continues a sweep as it was asked; {', '.join(given)} cannot change it")
         folder = absolute(args.resume)
@@ -86,9 +100,10 @@ def run(args) -> int:
         data = absolute(args.data) if args.data else None
         base = load_config(args.recipe, ([f"data.path={data}"] if data else []) + list(args.overrides))
         space = load_space(args.space)
-        options = SweepOptions(trials=args.trials, scheduler=args.scheduler, max_concurrent=args.max_concurrent,
-                               seed=args.seed)
-        name, experiment, source = args.name or new_run_name("tune"), args.experiment, f"--space {args.space}"
+        chosen = {key: DEFAULTS[key] if getattr(args, key) is None else getattr(args, key) for key in DEFAULTS}
+        options = SweepOptions(trials=chosen["trials"], scheduler=chosen["scheduler"],
+                               max_concurrent=chosen["max_concurrent"], seed=chosen["seed"])
+        name, experiment, source = args.name or new_run_name("tune"), chosen["experiment"], f"--space {args.space}"
     result = run_sweep(
         base, space, options, name=name, tracking_uri=args.tracking_uri or work.tracking_uri, storage=storage,
         model_dir=work.root / "models", experiment=experiment,

@@ -78,6 +78,10 @@ def test_the_cli_refuses_a_bad_space_in_one_line_exit_2(tmp_path):
     assert "no such file" in cli_here("tune", "--recipe", "smoke", "--space", str(tmp_path / "none.yaml")).stderr
     resumed = cli_here("tune", "--resume", str(tmp_path), "--recipe", "smoke")
     assert resumed.returncode == 2 and "--recipe cannot change it" in resumed.stderr
+    # Options with defaults too: a resumed sweep keeps its own, and one given is refused, not ignored.
+    resumed = cli_here("tune", "--resume", str(tmp_path), "--trials", "3", "--seed", "0", "--max-concurrent", "0")
+    assert resumed.returncode == 2, resumed.stderr
+    assert "--trials, --max-concurrent, --seed cannot change it" in resumed.stderr
     assert "not a sweep folder" in cli_here("tune", "--resume", str(tmp_path)).stderr
 
 
