@@ -149,7 +149,14 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
         raise UserError(f"submit {command!r}: expected one of {', '.join(COMMANDS)}")
     args = list(args)
     refuse_credentials(pip or (), "--pip")
-    if command in RUNS:
+    if command == "tune" and "--resume" in args:
+        # A sweep continued as it was asked (alexnet tune --resume refuses what would change it):
+        # no recipe or new name to add, only why this job ran.
+        if recipe or run_name:
+            raise UserError("submit tune -- --resume FOLDER continues a sweep as it was asked: "
+                            "--recipe and --run-name cannot change it")
+        args += ["--trigger", trigger or "manual"] + [a for k, v in (tags or {}).items() for a in ("--tag", f"{k}={v}")]
+    elif command in RUNS:
         if not recipe and "--recipe" not in args:
             raise UserError(f"submit {command}: --recipe is required (a shipped recipe such as paper or torchvision, "
                             "or a YAML file under the project directory)")

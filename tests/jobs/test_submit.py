@@ -100,6 +100,13 @@ def test_a_tune_job_names_its_sweep_and_ships_its_space_with_the_project():
     assert spec.submission_id.startswith("alexnet-tune-nightly-")
     with pytest.raises(UserError, match="submit tune: --recipe is required"):
         js.build_spec("tune", ["--space", str(space)])
+    # A sweep continued on the cluster: its folder, as `alexnet tune` printed it, and why; nothing that
+    # `tune --resume` would refuse.
+    resumed = js.build_spec("tune", ["--resume", "s3://bucket/runs/nightly"], trigger="schedule")
+    assert resumed.args == ("--resume", "s3://bucket/runs/nightly", "--trigger", "schedule")
+    assert resumed.entrypoint.endswith("tune --resume s3://bucket/runs/nightly --trigger schedule")
+    with pytest.raises(UserError, match="--recipe and --run-name cannot change it"):
+        js.build_spec("tune", ["--resume", "s3://bucket/runs/nightly"], recipe="smoke")
 
 
 @pytest.mark.slow  # a real job on the session's cluster, end to end
