@@ -112,8 +112,6 @@ def run(args) -> int:
     best = result.best
     print(f"best trial: {best.trial_id}  val top-1 {best.best_top1:.4f}  "
           + params_text(best.params) + f"  (MLflow run {result.best_run_id})")
-    if result.registered:
-        print(f"model: {result.registered}: {result.alias} ({result.decision})")
     print(f"MLflow sweep run id: {result.run_id}  run name: {result.name}")
     print(f"open the MLflow UI: {ui_hint(workdir=work.root, tracking_uri=args.tracking_uri)}")
     return 0
