@@ -109,6 +109,20 @@ def check_sweep(base: Config, space: Space, info: DatasetInfo, where: str, share
     check_space(space, base, where, check)
 
 
+def checked_share(base: Config, space: Space, info: DatasetInfo, where: str, cluster: dict, concurrent: int) -> dict:
+    """Each trial's share of `cluster` with `concurrent` trials at once, once every value the space
+    can draw is placed within it; a run that does not fit says so in terms of --max-concurrent,
+    the option that split the cluster."""
+    share = trial_share(cluster, concurrent)
+    try:
+        check_sweep(base, space, info, where, share)
+    except UserError as err:
+        raise UserError(f"{err} (each of {concurrent} trials at once gets {share['GPU']:g} of the cluster's "
+                        f"{cluster.get('GPU', 0):g} GPUs and {share['CPU']:g} of its {cluster.get('CPU', 0):g} CPUs: "
+                        f"lower --max-concurrent)") from None
+    return share
+
+
 def run_sweep(base: Config, space: Space, options: SweepOptions, *, name: str, tracking_uri: str, storage: str,
               model_dir: str | Path, experiment: str = "alexnet", artifact_location: str | None = None,
               tags: dict | None = None, resume: bool = False, space_source: str = "--space",
@@ -127,8 +141,7 @@ def run_sweep(base: Config, space: Space, options: SweepOptions, *, name: str, t
         check_shared(str(base.data.path), "--data")
         cluster = ray.cluster_resources()
         concurrent = options.max_concurrent or default_concurrency(base, cluster)
-        share = trial_share(cluster, concurrent)
-        check_sweep(base, space, info, space_source, share)
+        share = checked_share(base, space, info, space_source, cluster, concurrent)
         resume = resume or _same_sweep(folder, asked(base, space, options, name=name, experiment=experiment))
         tags = {"trigger": "manual", **(tags or {}), "sweep.name": name, "mlflow.source.name": "alexnet tune"}
         with tracked_run(tracking_uri, experiment=experiment, run_name=name, tags=tags,

@@ -128,3 +128,19 @@ def test_a_store_that_errors_while_the_sweep_ends_is_one_line_not_a_second_excep
     end_running_children(plan, "FAILED")  # the parent run does not exist: the store answers with an error
     out = capsys.readouterr().out
     assert out.startswith("the trial runs left RUNNING could not be ended (") and out.count("\n") == 1, out
+
+
+def test_a_trial_that_does_not_fit_its_share_names_max_concurrent():
+    """Two GPU workers per trial and 4 trials at once on a 2-GPU cluster: each trial has half a GPU."""
+    from types import SimpleNamespace
+
+    from alexnet.sweep.run import checked_share
+
+    info = SimpleNamespace(split_size=lambda split: 1000, path="ds")  # what check_batches reads of a dataset
+    base = load_config("smoke", ["run.num_workers=2"])
+    space = parse_space({"optim.lr": "loguniform(1e-4, 1e-2)"}, "t")
+    cluster = {"CPU": 16.0, "GPU": 2.0}
+    assert checked_share(base, space, info, "t", cluster, 1)["GPU"] == 2.0
+    with pytest.raises(UserError, match=r"^run.num_workers=2 with GPUs needs 2 GPUs; .*each of 4 trials at once "
+                                        r"gets 0.5 of the cluster's 2 GPUs .*lower --max-concurrent\)$"):
+        checked_share(base, space, info, "t", cluster, 4)
