@@ -39,6 +39,7 @@ from pipelines.atomic import write_atomic
 from pipelines.dataset import DatasetInfo
 from pipelines.errors import UserError
 from pipelines.read.loader import train_preset
+from pipelines.redaction import redact
 from pipelines.shared_folder import check_shared, check_storage
 
 SWEEP_FILE = "sweep.json"  # in the sweep's folder: what it was asked, for --resume
@@ -109,6 +110,16 @@ def check_sweep(base: Config, space: Space, info: DatasetInfo, where: str, share
     check_space(space, base, where, check)
 
 
+def check_tracking_uri(tracking_uri: str) -> None:
+    """Ray Tune pickles each trial's inputs, the store's URI among them, into the sweep's folder
+    (tuner.pkl), which outlives the sweep and may sit in a shared bucket: a password in the URI
+    is refused, as a job's command line refuses one (jobs/submit.py)."""
+    if redact(tracking_uri) != tracking_uri:
+        raise UserError(f"--tracking-uri {redact(tracking_uri)}: a sweep saves its tracking URI with its state, "
+                        "so it may carry no credential; pass MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                        "(or MLFLOW_TRACKING_TOKEN), MLflow's own variables, instead")
+
+
 def checked_share(base: Config, space: Space, info: DatasetInfo, where: str, cluster: dict, concurrent: int) -> dict:
     """Each trial's share of `cluster` with `concurrent` trials at once, once every value the space
     can draw is placed within it; a run that does not fit says so in terms of --max-concurrent,
@@ -131,6 +142,7 @@ def run_sweep(base: Config, space: Space, options: SweepOptions, *, name: str, t
     `storage`, every trial a child of the sweep's MLflow run; the best trial's model is registered
     as base.run.register_as by the champion rule. resume: continue the sweep of this name."""
     check_options(options)
+    check_tracking_uri(tracking_uri)
     check_register_as(base.run.register_as)
     info = check_inputs(base)
     check_sweep(base, space, info, space_source)

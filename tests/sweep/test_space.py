@@ -144,3 +144,16 @@ def test_a_trial_that_does_not_fit_its_share_names_max_concurrent():
     with pytest.raises(UserError, match=r"^run.num_workers=2 with GPUs needs 2 GPUs; .*each of 4 trials at once "
                                         r"gets 0.5 of the cluster's 2 GPUs .*lower --max-concurrent\)$"):
         checked_share(base, space, info, "t", cluster, 4)
+
+
+@pytest.mark.fault("`alexnet tune --tracking-uri` with a password in the URI", inputs=1,
+                   outcome="exit 2, one line with the URI masked naming MLflow's credential variables; nothing written")
+def test_a_tracking_uri_with_a_password_is_refused_before_anything_is_saved(tmp_path):
+    """Tune pickles the trials' inputs, the URI among them, into the sweep's folder."""
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: loguniform(1e-4, 1e-2)\n")
+    out = cli_here("tune", "--recipe", "smoke", "--space", str(space), "--data", str(tmp_path), "--workdir",
+                   str(tmp_path / "w"), "--tracking-uri", "http://alice:s3cr3t@127.0.0.1:5000")
+    assert out.returncode == 2 and "s3cr3t" not in out.stdout + out.stderr
+    assert "--tracking-uri http://***@127.0.0.1:5000: a sweep saves its tracking URI" in out.stderr
+    assert "MLFLOW_TRACKING_PASSWORD" in out.stderr and not (tmp_path / "w").exists()
