@@ -137,6 +137,7 @@ def test_the_heads_mlflow_listens_on_loopback_and_its_secrets_never_reach_the_di
     assert argv[:3] == ["server", "--app-name", "basic-auth"]
     assert argv[argv.index("--host") + 1] == "127.0.0.1"  # jobs run on the head; you come by SSH tunnel
     assert server["env"]["MLFLOW_BACKEND_STORE_URI"] == SSM["/alexnet/mlflow/backend-uri"]
+    assert server["env"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert server["env"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == SSM["/alexnet/mlflow/admin-password"]
     auth_ini = Path(server["env"]["MLFLOW_AUTH_CONFIG_PATH"])
     assert auth_ini.parent == tmp_path / "shm" / "alexnet-mlflow" and auth_ini.stat().st_mode & 0o077 == 0
