@@ -149,21 +149,22 @@ def build_spec(command: str, args: list[str], *, recipe: str | None = None, run_
         raise UserError(f"submit {command!r}: expected one of {', '.join(COMMANDS)}")
     args = list(args)
     refuse_credentials(pip or (), "--pip")
+    # Why the run happened, for the commands that start tracked runs.
+    why = ["--trigger", trigger or "manual"] + [a for k, v in (tags or {}).items() for a in ("--tag", f"{k}={v}")]
     if command == "tune" and "--resume" in args:
         # A sweep continued as it was asked (alexnet tune --resume refuses what would change it):
         # no recipe or new name to add, only why this job ran.
         if recipe or run_name:
             raise UserError("submit tune -- --resume FOLDER continues a sweep as it was asked: "
                             "--recipe and --run-name cannot change it")
-        args += ["--trigger", trigger or "manual"] + [a for k, v in (tags or {}).items() for a in ("--tag", f"{k}={v}")]
+        args += why
     elif command in RUNS:
         if not recipe and "--recipe" not in args:
             raise UserError(f"submit {command}: --recipe is required (a shipped recipe such as paper or torchvision, "
                             "or a YAML file under the project directory)")
         run_name = run_name or f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
         args = (["--recipe", recipe_arg(recipe)] if recipe else []) + _uploaded_files(args)
-        args += [RUNS[command], run_name, "--trigger", trigger or "manual"]
-        args += [a for k, v in (tags or {}).items() for a in ("--tag", f"{k}={v}")]
+        args += [RUNS[command], run_name, *why]
     elif recipe or run_name or trigger or tags:
         raise UserError(f"submit {command}: --recipe, --run-name, --trigger and --tag apply to train and tune only")
     refuse_credentials(args)  # the whole command line, a --tag or --run-name included

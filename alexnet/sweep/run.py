@@ -39,7 +39,7 @@ from pipelines.atomic import write_atomic
 from pipelines.dataset import DatasetInfo
 from pipelines.errors import UserError
 from pipelines.read.loader import train_preset
-from pipelines.redaction import redact
+from pipelines.redaction import carries_credentials, redact
 from pipelines.shared_folder import check_shared, check_storage
 
 SWEEP_FILE = "sweep.json"  # in the sweep's folder: what it was asked, for --resume
@@ -54,7 +54,7 @@ CPUS_PER_CPU_TRIAL = 4  # on a cluster without GPUs, --max-concurrent's default:
 
 @dataclass(frozen=True)
 class SweepOptions:
-    trials: int  # trials drawn from the space
+    trials: int = 8  # trials drawn from the space
     scheduler: str = "asha"  # one of SCHEDULERS
     max_concurrent: int = 0  # trials at once; 0: as many as the cluster holds (default_concurrency)
     seed: int = 0  # the search's random state: the same seed draws the same trials
@@ -114,7 +114,7 @@ def check_tracking_uri(tracking_uri: str) -> None:
     """Ray Tune pickles each trial's inputs, the store's URI among them, into the sweep's folder
     (tuner.pkl), which outlives the sweep and may sit in a shared bucket: a password in the URI
     is refused, as a job's command line refuses one (jobs/submit.py)."""
-    if redact(tracking_uri) != tracking_uri:
+    if carries_credentials(tracking_uri):
         raise UserError(f"--tracking-uri {redact(tracking_uri)}: a sweep saves its tracking URI with its state, "
                         "so it may carry no credential; pass MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
                         "(or MLFLOW_TRACKING_TOKEN), MLflow's own variables, instead")

@@ -23,8 +23,8 @@ from pipelines.errors import UserError
 from pipelines.storage import absolute
 
 
-# What a new sweep gets for each option the user leaves out.
-DEFAULTS = {"trials": 8, "scheduler": "asha", "max_concurrent": 0, "seed": 0, "experiment": "alexnet"}
+# alexnet.sweep.run.SweepOptions' fields: a new sweep takes each one given, else the field's default.
+SWEEP_OPTIONS = ("trials", "scheduler", "max_concurrent", "seed")
 
 
 def asked_options(args) -> list[tuple[str, object]]:
@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
                    help="override a config key for every trial, e.g. --set optim.epochs=12 (repeatable)")
     # The options that shape a sweep default to None here, so that --resume, which continues a
     # sweep as it was asked, can tell one the user gave (refused) from one left out.
-    p.add_argument("--trials", type=int, help=f"trials drawn from the space (default: {DEFAULTS['trials']})")
+    p.add_argument("--trials", type=int, help="trials drawn from the space (default: 8)")
     p.add_argument("--scheduler", choices=("asha", "none"),
                    help="asha: stop weak trials after each rung of epochs (default); none: run every trial to the end")
     p.add_argument("--max-concurrent", type=int,
@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
                                      "on a cluster of several nodes a URI or a shared folder")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in WORKDIR)")
-    p.add_argument("--experiment", help=f"MLflow experiment name (default: {DEFAULTS['experiment']})")
+    p.add_argument("--experiment", help="MLflow experiment name (default: alexnet)")
     p.add_argument("--trigger", default="manual", choices=("manual", "schedule", "new-data"),
                    help="why this sweep happened (an MLflow tag)")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow run tag (repeatable)")
@@ -100,10 +100,8 @@ def run(args) -> int:
         data = absolute(args.data) if args.data else None
         base = load_config(args.recipe, ([f"data.path={data}"] if data else []) + list(args.overrides))
         space = load_space(args.space)
-        chosen = {key: DEFAULTS[key] if getattr(args, key) is None else getattr(args, key) for key in DEFAULTS}
-        options = SweepOptions(trials=chosen["trials"], scheduler=chosen["scheduler"],
-                               max_concurrent=chosen["max_concurrent"], seed=chosen["seed"])
-        name, experiment, source = args.name or new_run_name("tune"), chosen["experiment"], f"--space {args.space}"
+        options = SweepOptions(**{key: getattr(args, key) for key in SWEEP_OPTIONS if getattr(args, key) is not None})
+        name, experiment, source = args.name or new_run_name("tune"), args.experiment or "alexnet", f"--space {args.space}"
     result = run_sweep(
         base, space, options, name=name, tracking_uri=args.tracking_uri or work.tracking_uri, storage=storage,
         model_dir=work.root / "models", experiment=experiment,
