@@ -21,7 +21,6 @@ import torch
 from alexnet import build_model
 from alexnet.config import Config
 from alexnet.lr_schedule import Plateau, lr_at, scaled_lr
-from alexnet.track.tracking import MetricLogger, start_system_metrics
 from alexnet.train import checkpoint
 from alexnet.train.device_input import DeviceFeeder
 from alexnet.train.epochs import evaluate_epoch, reduce_sums, train_one_epoch
@@ -75,6 +74,9 @@ def train_loop(loop_config: dict) -> None:
     cfg = inputs.config
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # The shards first: asking for them starts Ray Data's split coordinators (new actor processes,
+    # ~2 s on a small node) while this worker builds its model, not after.
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
     torch.manual_seed(cfg.data.seed)
@@ -115,6 +117,10 @@ def train_loop(loop_config: dict) -> None:
     std = torch.tensor(inputs.pixel_std, device=device).view(1, 3, 1, 1)
     per_worker = cfg.optim.batch_size // world
     progress = inputs.progress if rank == 0 else None  # to the driver's terminal (alexnet.train.progress)
+    # MLflow is imported here, in the worker, not with this module: Ray Train's controller imports
+    # this module too (to unpickle train_loop), and would spend ~1 s of every run's start on it.
+    from alexnet.track.tracking import MetricLogger
+
     logger = MetricLogger(inputs.tracking_uri, inputs.run_id,
                           say=progress.say if progress else None) if rank == 0 else None
     monitor = _system_monitor(cfg, ctx, inputs, resume=resumed is not None)
@@ -130,8 +136,7 @@ def train_loop(loop_config: dict) -> None:
     stream = None
     try:
         device_preset = inputs.device_preset  # data.decode=gpu: augment here, on the device
-        train_shard = ray.train.get_dataset_shard("train")
-        val_batches = ValBatches(ray.train.get_dataset_shard("val"), batch_size=per_worker, device=device)
+        val_batches = ValBatches(val_shard, batch_size=per_worker, device=device)
         steps = inputs.steps_per_epoch
         if rank == 0:
             inputs.start.set(start_epoch)  # the stream's tasks read it: augmentation follows the epoch
@@ -274,6 +279,8 @@ def _system_monitor(cfg, ctx, inputs: LoopInputs, *, resume: bool):
     metric names carry the node only when the run spans several nodes."""
     if not cfg.run.system_metrics or ctx.get_local_rank() != 0:
         return None
+    from alexnet.track.tracking import start_system_metrics  # see train_loop
+
     multi_node = ctx.get_local_world_size() < ctx.get_world_size()
     return start_system_metrics(inputs.tracking_uri, inputs.run_id,
                                 interval_s=cfg.run.system_metrics_interval,
