@@ -74,8 +74,8 @@ def train_loop(loop_config: dict) -> None:
     cfg = inputs.config
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    # The shards first: asking for them starts Ray Data's split coordinators (new actor processes,
-    # ~2 s on a small node) while this worker builds its model, not after.
+    # The shards first: asking for them starts Ray Data's split coordinators (new actor processes)
+    # while this worker builds its model, not after.
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
@@ -118,7 +118,7 @@ def train_loop(loop_config: dict) -> None:
     per_worker = cfg.optim.batch_size // world
     progress = inputs.progress if rank == 0 else None  # to the driver's terminal (alexnet.train.progress)
     # MLflow is imported here, in the worker, not with this module: Ray Train's controller imports
-    # this module too (to unpickle train_loop), and would spend ~1 s of every run's start on it.
+    # this module too (to unpickle train_loop) and needs no MLflow.
     from alexnet.track.tracking import MetricLogger
 
     logger = MetricLogger(inputs.tracking_uri, inputs.run_id,

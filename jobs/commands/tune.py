@@ -24,6 +24,8 @@ from pipelines.storage import absolute
 
 
 # alexnet.sweep.run.SweepOptions' fields: a new sweep takes each one given, else the field's default.
+# Named here (and the --trials default in its help), not read from SweepOptions: the CLI imports
+# alexnet.sweep, Ray Tune with it, only once a sweep runs. tests/sweep/test_space.py keeps them equal.
 SWEEP_OPTIONS = ("trials", "scheduler", "max_concurrent", "seed")
 
 

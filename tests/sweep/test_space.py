@@ -157,3 +157,15 @@ def test_a_tracking_uri_with_a_password_is_refused_before_anything_is_saved(tmp_
     assert out.returncode == 2 and "s3cr3t" not in out.stdout + out.stderr
     assert "--tracking-uri http://***@127.0.0.1:5000: a sweep saves its tracking URI" in out.stderr
     assert "MLFLOW_TRACKING_PASSWORD" in out.stderr and not (tmp_path / "w").exists()
+
+
+def test_the_cli_names_every_sweep_option_and_the_trials_default():
+    import dataclasses
+
+    from alexnet.sweep.run import SweepOptions
+    from jobs.commands.tune import SWEEP_OPTIONS
+    from tests.support import cli_here
+
+    assert SWEEP_OPTIONS == tuple(f.name for f in dataclasses.fields(SweepOptions))
+    shown = " ".join(cli_here("tune", "--help").stdout.split())
+    assert f"trials drawn from the space (default: {SweepOptions.trials})" in shown
